@@ -1,0 +1,313 @@
+"""CodecModule: the codec contract every method implements, and what they share around it.
+
+Contract (CompressAI's, extended to bytes):
+    forward(x)       training/estimation pass -> {"x_hat", "likelihoods", ...}
+    update(force)    build the entropy coders' CDF tables (and the model fingerprint)
+    compress(x)      one image in [0, 1], any size -> bytes (container of modules.entropy.bitstream)
+    decompress(b)    bytes -> image in [0, 1] of the original size
+
+Subclasses implement `forward`, `rd_loss`, `compress_padded` and `decompress_padded`; this class
+pads to the model's multiple and crops back, writes/validates the container, sets up one optimizer
+with the entropy bottlenecks' quantiles as a second parameter group, clips only the main group,
+logs the RD terms, keeps frozen networks in eval mode and out of checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.utils import update_registered_buffers
+from compressai.models.base import get_scale_table
+from torch import Tensor, nn
+
+from modules.entropy import Bitstream, fingerprint
+
+_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
+    """Σ −log2 p over all latents, divided by the number of image pixels (fp32)."""
+    total = sum(torch.log(lik.float()).sum() for lik in likelihoods.values())
+    return total / (-math.log(2) * num_pixels)
+
+
+def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Batch-mean PSNR in dB of images in [0, 1] (float, no rounding: a training monitor)."""
+    mse = F.mse_loss(x_hat.float().clamp(0, 1), x.float(), reduction="none").flatten(1).mean(1)
+    return (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad the bottom/right of an NCHW tensor to a multiple of `multiple`."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+class CodecModule(L.LightningModule, ABC):
+    """Lightning base of every learned codec in this repository."""
+
+    #: method name written into every bitstream (modules.entropy.METHOD_IDS)
+    method: ClassVar[str]
+    #: images are padded to a multiple of this before coding and cropped back after decoding
+    pad_multiple: ClassVar[int] = 64
+
+    def __init__(
+        self,
+        lr: float = 1e-4,
+        aux_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_milestones: Sequence[int] = (),
+        lr_gamma: float = 0.1,
+        clip_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        self._frozen: dict[str, nn.Module] = {}
+        self._fingerprint: bytes | None = None
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        """Training / estimation pass on a padded batch in [0, 1]."""
+
+    @abstractmethod
+    def rd_loss(self, out: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
+        """Loss terms of the method; must contain "loss" and "bpp"."""
+
+    @abstractmethod
+    def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
+        """Code one padded image (1×3×H×W) -> (entropy-coded strings, side information)."""
+
+    @abstractmethod
+    def decompress_padded(
+        self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
+    ) -> Tensor:
+        """Inverse of `compress_padded` for a padded image of `size` (H, W)."""
+
+    # ------------------------------------------------------------------ frozen networks
+    def freeze(self, name: str, module: nn.Module) -> nn.Module:
+        """Register `module` as a frozen network: no gradients, always eval, not checkpointed."""
+        module.requires_grad_(False).eval()
+        self._frozen[name] = module
+        setattr(self, name, module)
+        return module
+
+    def train(self, mode: bool = True) -> CodecModule:
+        super().train(mode)
+        for module in self._frozen.values():
+            module.eval()
+        return self
+
+    def _is_frozen_key(self, key: str) -> bool:
+        return any(key.startswith(f"{name}.") for name in self._frozen)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop frozen weights; record the class so the checkpoint alone rebuilds the codec."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if self._is_frozen_key(k)]:
+            del state[key]
+        checkpoint["codec_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign=False):
+        """Load trainable weights and coder tables; frozen networks must be the only omission."""
+        for name, module in self.named_modules():
+            if isinstance(module, EntropyBottleneck | GaussianConditional):
+                buffers = [b for b in _CDF_BUFFERS if f"{name}.{b}" in state_dict]
+                if isinstance(module, GaussianConditional) and f"{name}.scale_table" in state_dict:
+                    buffers.append("scale_table")
+                update_registered_buffers(module, name, buffers, state_dict, policy="resize")
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not match {type(self).__name__}: "
+                f"missing keys {missing[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+            )
+        return result
+
+    # ------------------------------------------------------------------ entropy coding
+    def entropy_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """(name, module) of every CompressAI entropy model of the codec."""
+        for name, module in self.named_modules():
+            if isinstance(module, EntropyBottleneck | GaussianConditional):
+                yield name, module
+
+    def aux_loss(self) -> Tensor:
+        """CompressAI's quantile loss summed over the entropy bottlenecks (0 if none)."""
+        losses = [m.loss() for _, m in self.entropy_modules() if isinstance(m, EntropyBottleneck)]
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.device)
+
+    def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Build the CDF tables of every entropy model, then fingerprint the codec.
+
+        Call after training or loading and before `compress`/`decompress`. Returns True if any
+        table was (re)built.
+        """
+        updated = False
+        for _, module in self.entropy_modules():
+            if isinstance(module, EntropyBottleneck):
+                updated |= module.update(force=force, update_quantiles=update_quantiles)
+            else:
+                table = module.scale_table if module.scale_table.numel() else get_scale_table()
+                updated |= module.update_scale_table(table, force=force)
+        self._fingerprint = fingerprint(self.coding_state(), extra=self.method)
+        return updated
+
+    def coding_state(self) -> Iterator[tuple[str, Tensor]]:
+        """Tensors that decide the decoded output: everything except frozen networks."""
+        for key, value in self.state_dict().items():
+            if not self._is_frozen_key(key):
+                yield key, value
+
+    @property
+    def model_fingerprint(self) -> bytes:
+        """4-byte fingerprint written into and checked against every bitstream."""
+        if self._fingerprint is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: call update() after training or loading, before coding"
+            )
+        return self._fingerprint
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def compress(self, x: Tensor) -> bytes:
+        """Encode one image (1×3×H×W or 3×H×W, float in [0, 1], any size) into bytes."""
+        x = x.unsqueeze(0) if x.dim() == 3 else x
+        if x.dim() != 4 or x.shape[:2] != (1, 3):
+            raise ValueError(f"compress expects one RGB image 1×3×H×W, got {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        with self._eval_mode():
+            padded = pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple)
+            strings, side = self.compress_padded(padded)
+        stream = Bitstream(
+            method=self.method,
+            fingerprint=self.model_fingerprint,
+            height=height,
+            width=width,
+            strings=tuple(strings),
+            side=side,
+        )
+        return stream.to_bytes()
+
+    def decompress(self, data: bytes) -> Tensor:
+        """Decode bytes written by `compress` of this model -> 1×3×H×W image in [0, 1].
+
+        Raises modules.entropy.BitstreamError for a truncated, corrupted, foreign or
+        other-model stream.
+        """
+        stream = Bitstream.from_bytes(data, method=self.method, fingerprint=self.model_fingerprint)
+        size = (
+            math.ceil(stream.height / self.pad_multiple) * self.pad_multiple,
+            math.ceil(stream.width / self.pad_multiple) * self.pad_multiple,
+        )
+        with self._eval_mode():
+            x_hat = self.decompress_padded(stream.strings, stream.side, size)
+        return x_hat[..., : stream.height, : stream.width].clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval-mode forward of one image of any size -> (reconstruction in [0, 1], estimated bpp).
+
+        The reconstruction equals `decompress(compress(x))`; the bpp is estimated from the
+        likelihoods and divided by the original (unpadded) number of pixels.
+        """
+        height, width = x.shape[-2:]
+        with self._eval_mode():
+            out = self(pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple))
+        x_hat = out["x_hat"][..., :height, :width].clamp(0, 1)
+        return x_hat, bits_per_pixel(out["likelihoods"], x.shape[0] * height * width)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        self._fingerprint = None  # weights change: coding needs a fresh update()
+        out = self(batch)
+        terms = self.rd_loss(out, batch)
+        aux = self.aux_loss()
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
+        self.log("train/aux_loss", aux.detach())
+        self.log("train/psnr", psnr(out["x_hat"].detach(), batch))
+        return terms["loss"] + aux
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = pad_to_multiple(batch, self.pad_multiple)
+        out = self(x)
+        terms = self.rd_loss(out, x)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, prog_bar=False)
+        self.log("val/psnr", psnr(out["x_hat"], x), sync_dist=True, prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """One Adam with two parameter groups: network (lr) and entropy quantiles (aux_lr).
+
+        One optimizer keeps Lightning's step count, schedules and checkpoints exact (several
+        optimizers under manual optimisation count every step); the groups are disjoint and
+        gradient-equivalent to CompressAI's two-optimizer loop.
+        """
+        hp = self.hparams
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        main = [p for n, p in named if not n.endswith(".quantiles")]
+        aux = [p for n, p in named if n.endswith(".quantiles")]
+        assert len(main) + len(aux) == len(named) and not {id(p) for p in main} & {
+            id(p) for p in aux
+        }
+        groups = [{"params": main, "lr": hp.lr, "weight_decay": hp.weight_decay, "name": "main"}]
+        if aux:
+            groups.append({"params": aux, "lr": hp.aux_lr, "weight_decay": 0.0, "name": "aux"})
+        optimizer = torch.optim.Adam(groups)
+        milestones = sorted(hp.lr_milestones)
+
+        def main_lr_factor(step: int) -> float:
+            return hp.lr_gamma ** sum(step >= m for m in milestones)
+
+        factors = [main_lr_factor] + [lambda step: 1.0] * (len(groups) - 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip the gradient norm of the main group only; the quantiles are left alone."""
+        if self.hparams.clip_grad_norm:
+            main = optimizer.param_groups[0]["params"]
+            torch.nn.utils.clip_grad_norm_(main, self.hparams.clip_grad_norm)
+
+
+def load_codec(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> CodecModule:
+    """Rebuild a codec from a checkpoint of this repository, in eval mode with fresh CDF tables."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(checkpoint, dict) or "codec_class" not in checkpoint:
+        raise ValueError(f"{path} is not a codec checkpoint of this repository (no codec_class)")
+    module_name, _, class_name = checkpoint["codec_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    codec = cls.load_from_checkpoint(path, map_location=map_location)
+    codec.eval()
+    codec.update(force=True)
+    return codec

@@ -1,0 +1,122 @@
+"""Helpers of the entry points: run ids, resume, instantiation, user-facing errors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def run_id(name: str | None = None) -> str:
+    """Stable id of a run: `name`, else SLURM_JOB_ID, else torchrun's run id, else a timestamp.
+
+    Every DDP rank and a requeued SLURM job resolve the same id, hence the same run folder.
+    """
+    if name:
+        return str(name)
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm{os.environ['SLURM_JOB_ID']}"
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if elastic != "none":
+        return f"torchrun_{elastic}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def experiment_name_of(ckpt_path: str) -> str:
+    """Experiment name recorded in a checkpoint's run folder, else the checkpoint file stem."""
+    run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    if run_config.is_file():
+        name = OmegaConf.load(run_config).get("experiment_name")
+        if name:
+            return str(name)
+    return Path(ckpt_path).stem
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by the configs (idempotent)."""
+    for name, fn in {"run_id": run_id, "eval_name": experiment_name_of}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """Checkpoint to resume from: `ckpt_path`, else the newest of this run's last/SLURM checkpoints."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return str(path)
+    if not cfg.get("auto_resume", True):
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
+    existing = [p for p in candidates if p.is_file()]
+    if not existing:
+        return None
+    newest = max(existing, key=lambda p: p.stat().st_mtime)
+    log.info(f"Resuming from {newest}")
+    return str(newest)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a callbacks/logger group config."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c and "_target_" in c]
+
+
+@rank_zero_only
+def log_hyperparameters(model: L.LightningModule, trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Send the resolved config and parameter counts to every logger."""
+    params = {
+        "params/trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params/frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+    }
+    hparams = {**OmegaConf.to_container(cfg, resolve=True), **params}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing cause of an exception (missing file, bad config or stream), if any."""
+    from modules.entropy import BitstreamError
+
+    while exc is not None:
+        if isinstance(exc, FileNotFoundError | ConfigError | BitstreamError):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Report user errors as one line on stderr (exit code 2); let real bugs raise."""
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception as exc:
+            cause = user_error(exc)
+            if cause is None:
+                raise
+            log.debug("user error", exc_info=exc)
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped

@@ -1,0 +1,63 @@
+"""Train a codec: `python train.py experiment=<name> [debug=smoke] [key=value ...]`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from modules.evaluation import evaluate_codec
+from modules.utils import (
+    instantiate_group,
+    log_hyperparameters,
+    register_resolvers,
+    resume_checkpoint,
+    task_wrapper,
+)
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the model of `cfg` (resuming this run if it has a checkpoint), then evaluate it."""
+    L.seed_everything(cfg.seed, workers=True)
+    log.info(f"Run folder: {cfg.paths.output_dir}")
+    # plain containers (not OmegaConf nodes) as hyper-parameters: checkpoints load weights-only
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+    )
+    log_hyperparameters(model, trainer, cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("evaluate") and datamodule.hparams.test and trainer.is_global_zero:
+        model.eval().update(force=True)
+        results = evaluate_codec(
+            model,
+            datamodule.eval_images(),
+            Path(cfg.paths.output_dir) / "eval" / datamodule.test_name,
+            name=cfg.experiment_name,
+            description=datamodule.test_name,
+        )
+        metrics.update({f"test/{k}": v[0] for k, v in results["results"].items()})
+        log.info(f"Evaluation with real bitstreams: {results['results']}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+@task_wrapper
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
