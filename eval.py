@@ -20,7 +20,9 @@ register_resolvers()
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load the codec of `cfg.ckpt_path`, code every image of `cfg.data`, write the results."""
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     codec = load_codec(cfg.ckpt_path, map_location=device)
     datamodule = hydra.utils.instantiate(cfg.data)
     out_dir = Path(cfg.paths.output_dir)

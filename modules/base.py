@@ -3,7 +3,7 @@
 Contract (CompressAI's, extended to bytes):
     forward(x)       training/estimation pass -> {"x_hat", "likelihoods", ...}
     update(force)    build the entropy coders' CDF tables (and the model fingerprint)
-    compress(x)      one image in [0, 1], any size -> bytes (container of modules.entropy.bitstream)
+    compress(x)      one image in [0, 1], any size -> bytes (modules.entropy.bitstream container)
     decompress(b)    bytes -> image in [0, 1] of the original size
 
 Subclasses implement `forward`, `rd_loss`, `compress_padded` and `decompress_padded`; this class
@@ -26,8 +26,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models.utils import update_registered_buffers
 from compressai.models.base import get_scale_table
+from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
 
 from modules.entropy import Bitstream, fingerprint
@@ -286,7 +286,10 @@ class CodecModule(L.LightningModule, ABC):
         }
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val=None,
+        gradient_clip_algorithm=None,
     ) -> None:
         """Clip the gradient norm of the main group only; the quantiles are left alone."""
         if self.hparams.clip_grad_norm:

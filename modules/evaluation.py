@@ -109,7 +109,9 @@ def evaluate_codec(
     results = {
         "name": name,
         "description": f"{description}; {len(rows)} images; real bitstreams (compress/decompress)",
-        "results": {RESULT_KEYS.get(k, k): [mean(k)] for k in columns if k not in BASE_COLUMNS[:4]},
+        "results": {
+            RESULT_KEYS.get(k, k): [mean(k)] for k in columns if k not in BASE_COLUMNS[:4]
+        },
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results

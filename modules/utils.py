@@ -56,7 +56,7 @@ def register_resolvers() -> None:
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """Checkpoint to resume from: `ckpt_path`, else the newest of this run's last/SLURM checkpoints."""
+    """Checkpoint to resume from: `ckpt_path`, else the newest last/SLURM checkpoint of the run."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         if not path.is_file():

@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
+import torch
+from torchvision.utils import save_image
 
-from datamodules import ImageLoadError, load_rgb  # noqa: E402
-from modules.base import load_codec  # noqa: E402
-from modules.entropy import BitstreamError  # noqa: E402
-from modules.metrics import quantize_8bit  # noqa: E402
+from datamodules import ImageLoadError, load_rgb
+from modules.base import load_codec
+from modules.entropy import BitstreamError
+from modules.metrics import quantize_8bit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

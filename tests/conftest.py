@@ -8,13 +8,13 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from modules.utils import register_resolvers  # noqa: E402
+from modules.utils import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -33,6 +33,9 @@ def compose_config(name: str, overrides: list[str], run_dir: Path | None = None)
             cfg.paths.log_dir = str(run_dir.parent)
     with open_dict(cfg):
         del cfg["hydra"]  # as in a real run: the task never sees the hydra node
+    if run_dir is not None:  # as Hydra does for a real run
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     GlobalHydra.instance().clear()
     return cfg
 

@@ -81,7 +81,7 @@ def test_corrupted_stream_raises(codec, stream):
 
 def test_truncated_stream_raises(codec, stream):
     for length in range(0, len(stream), max(1, len(stream) // 40)):
-        with pytest.raises(BitstreamError, match="truncated|too short"):
+        with pytest.raises(BitstreamError, match=r"truncated|too short"):
             codec.decompress(stream[:length])
 
 
@@ -105,13 +105,25 @@ def test_codec_cli_round_trip_any_size(tmp_path, trained_elic, codec):
     image = np.random.default_rng(3).integers(0, 256, (45, 77, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "in.png")
     encoded = run_script(
-        "scripts/codec.py", "compress", "--ckpt", str(trained_elic),
-        "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "in.bin"),
+        "scripts/codec.py",
+        "compress",
+        "--ckpt",
+        str(trained_elic),
+        "--input",
+        str(tmp_path / "in.png"),
+        "--output",
+        str(tmp_path / "in.bin"),
     )
     assert encoded.returncode == 0, encoded.stderr
     decoded = run_script(
-        "scripts/codec.py", "decompress", "--ckpt", str(trained_elic),
-        "--input", str(tmp_path / "in.bin"), "--output", str(tmp_path / "out.png"),
+        "scripts/codec.py",
+        "decompress",
+        "--ckpt",
+        str(trained_elic),
+        "--input",
+        str(tmp_path / "in.bin"),
+        "--output",
+        str(tmp_path / "out.png"),
     )
     assert decoded.returncode == 0, decoded.stderr
     out = np.asarray(Image.open(tmp_path / "out.png"))
@@ -124,8 +136,14 @@ def test_codec_cli_round_trip_any_size(tmp_path, trained_elic, codec):
 def test_codec_cli_bad_stream_is_one_line(tmp_path, trained_elic):
     (tmp_path / "bad.bin").write_bytes(b"DIFC" + bytes(40))
     result = run_script(
-        "scripts/codec.py", "decompress", "--ckpt", str(trained_elic),
-        "--input", str(tmp_path / "bad.bin"), "--output", str(tmp_path / "out.png"),
+        "scripts/codec.py",
+        "decompress",
+        "--ckpt",
+        str(trained_elic),
+        "--input",
+        str(tmp_path / "bad.bin"),
+        "--output",
+        str(tmp_path / "out.png"),
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")

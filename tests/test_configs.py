@@ -12,7 +12,9 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
 def test_experiments_exist():
-    assert set(EXPERIMENTS) >= {f"elic_l{lmbda}" for lmbda in (0.45, 0.15, 0.032, 0.016, 0.008, 0.004)}
+    assert set(EXPERIMENTS) >= {
+        f"elic_l{lmbda}" for lmbda in (0.45, 0.15, 0.032, 0.016, 0.008, 0.004)
+    }
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

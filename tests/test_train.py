@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -18,7 +19,7 @@ from tests.conftest import ROOT, compose_config, run_script
 class ResumeProbe(L.Callback):
     """Records the step and optimizer state a (resumed) fit starts from."""
 
-    seen: list[dict] = []
+    seen: ClassVar[list[dict]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ResumeProbe.seen.append(
@@ -68,8 +69,13 @@ def test_killed_run_resumes_at_same_step_and_optimizer_state(tmp_path):
         "logger=csv",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "train.py", *overrides, f"paths.log_dir={tmp_path}",
-         "trainer.max_steps=100000"],
+        [
+            sys.executable,
+            "train.py",
+            *overrides,
+            f"paths.log_dir={tmp_path}",
+            "trainer.max_steps=100000",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -81,7 +87,9 @@ def test_killed_run_resumes_at_same_step_and_optimizer_state(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
 
     from train import train
 
@@ -103,7 +111,9 @@ def test_killed_run_resumes_at_same_step_and_optimizer_state(tmp_path):
     for index, state in expected.items():
         for name, value in state.items():
             assert torch.equal(start["optimizer"]["state"][index][name].cpu(), value), name
-    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert resumed["global_step"] == saved["global_step"] + 2
 
 
