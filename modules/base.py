@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.base import get_scale_table
-from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
 
 from modules.entropy import Bitstream, fingerprint
-
-_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+from modules.entropy.buffers import resize_entropy_buffers
 
 
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
@@ -122,12 +120,7 @@ class CodecModule(L.LightningModule, ABC):
 
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign=False):
         """Load trainable weights and coder tables; frozen networks must be the only omission."""
-        for name, module in self.named_modules():
-            if isinstance(module, EntropyBottleneck | GaussianConditional):
-                buffers = [b for b in _CDF_BUFFERS if f"{name}.{b}" in state_dict]
-                if isinstance(module, GaussianConditional) and f"{name}.scale_table" in state_dict:
-                    buffers.append("scale_table")
-                update_registered_buffers(module, name, buffers, state_dict, policy="resize")
+        resize_entropy_buffers(self, state_dict)
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
         if strict and (missing or result.unexpected_keys):

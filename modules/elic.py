@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
-from compressai.latent_codecs import HyperpriorLatentCodec
 from compressai.models import Elic2022Official
 from torch import Tensor
 
 from modules.base import CodecModule, bits_per_pixel
-from modules.entropy import SpaceChannelContextCodec, entropy_fp32
+from modules.entropy import HyperpriorCodec, SpaceChannelContextCodec
 
 
 class ELICModule(CodecModule):
@@ -47,7 +46,7 @@ class ELICModule(CodecModule):
         net = Elic2022Official(N=N, M=M, groups=list(groups))
         self.g_a = net.g_a
         self.g_s = net.g_s
-        self.latent_codec = HyperpriorLatentCodec(
+        self.latent_codec = HyperpriorCodec(
             latent_codec={
                 "y": SpaceChannelContextCodec.from_compressai(net.latent_codec["y"]),
                 "hyper": net.latent_codec["hyper"],
@@ -55,9 +54,7 @@ class ELICModule(CodecModule):
         )
 
     def forward(self, x: Tensor) -> dict[str, Any]:
-        y = self.g_a(x)
-        with entropy_fp32(x.device.type):
-            out = self.latent_codec(y.float())
+        out = self.latent_codec(self.g_a(x))
         return {"x_hat": self.g_s(out["y_hat"]), "likelihoods": out["likelihoods"]}
 
     def rd_loss(self, out: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
@@ -66,9 +63,7 @@ class ELICModule(CodecModule):
         return {"loss": self.hparams.lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
 
     def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
-        y = self.g_a(x)
-        with entropy_fp32(x.device.type):
-            out = self.latent_codec.compress(y.float())
+        out = self.latent_codec.compress(self.g_a(x))
         return [item_strings[0] for item_strings in out["strings"]], b""
 
     def decompress_padded(
@@ -79,8 +74,7 @@ class ELICModule(CodecModule):
             "y": (height // self.y_stride, width // self.y_stride),
             "hyper": (height // self.z_stride, width // self.z_stride),
         }
-        with entropy_fp32(self.device.type):
-            out = self.latent_codec.decompress([[s] for s in strings], shape)
+        out = self.latent_codec.decompress([[s] for s in strings], shape)
         return self.g_s(out["y_hat"])
 
     @staticmethod

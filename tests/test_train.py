@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import lightning as L
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, compose_config, run_script
 
@@ -36,7 +37,12 @@ def test_smoke_run_trains_and_evaluates(smoke_run: Path):
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 6
     assert checkpoint["codec_class"] == "modules.elic.ELICModule"
-    assert (smoke_run / "tensorboard").is_dir()
+    events = EventAccumulator(str(smoke_run / "tensorboard"))
+    events.Reload()
+    assert "probes/original_reconstruction" in events.Tags()["images"]  # fixed probe images
+    assert {"train/loss", "train/bpp", "val/loss", "lr/main", "lr/aux"} <= set(
+        events.Tags()["scalars"]
+    )
     results = json.loads((smoke_run / "eval" / "sample" / "results.json").read_text())
     assert results["name"] == "elic_l0.032"
     rows = (smoke_run / "eval" / "sample" / "per_image.csv").read_text().splitlines()

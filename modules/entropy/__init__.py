@@ -1,6 +1,7 @@
-"""Entropy coding: space-channel context model, precision policy and stream container."""
+"""Entropy coding: hyperprior and space-channel context codecs, precision policy, container."""
 
 from .bitstream import METHOD_IDS, Bitstream, BitstreamError, fingerprint
+from .hyperprior import HyperpriorCodec, mean_scale_hyperprior
 from .precision import entropy_fp32
 from .space_channel import SpaceChannelContextCodec
 
@@ -8,7 +9,9 @@ __all__ = [
     "METHOD_IDS",
     "Bitstream",
     "BitstreamError",
+    "HyperpriorCodec",
     "SpaceChannelContextCodec",
     "entropy_fp32",
     "fingerprint",
+    "mean_scale_hyperprior",
 ]

@@ -18,6 +18,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from .bitstream import BitstreamError
+from .buffers import resize_entropy_buffers_hook
 from .precision import entropy_fp32
 
 # ``step(k, i, scales, means)`` returns y_hat of group ``k``, pass ``i`` (0: anchors,
@@ -95,7 +96,7 @@ class SpaceChannelContextCodec(LatentCodec):
         self.gaussian_conditional = GaussianConditional(
             [float(s) for s in table], scale_bound=scale_bound
         )
-        self.register_load_state_dict_pre_hook(_resize_gaussian_conditional_buffers)
+        self.register_load_state_dict_pre_hook(resize_entropy_buffers_hook)
 
     def forward(self, y: Tensor, side_params: Tensor) -> dict[str, Any]:
         """Quantize ``y`` around the predicted means (STE) and estimate its likelihoods."""
@@ -324,15 +325,3 @@ class SpaceChannelContextCodec(LatentCodec):
                     )
             remapped[f"{prefix}gaussian_conditional.{name}"] = per_group[0]
         return remapped
-
-
-def _resize_gaussian_conditional_buffers(
-    module: SpaceChannelContextCodec, state_dict: Mapping[str, Tensor], prefix: str, *args: Any
-) -> None:
-    # nn.Module cannot load buffers whose size depends on update() (CDFs, scale table);
-    # CompressAI resizes them in CompressionModel.load_state_dict, which plain modules lack.
-    gc_prefix = f"{prefix}gaussian_conditional."
-    for name, buffer in module.gaussian_conditional.named_buffers(recurse=False):
-        incoming = state_dict.get(gc_prefix + name)
-        if incoming is not None and incoming.shape != buffer.shape:
-            buffer.resize_(incoming.shape)
