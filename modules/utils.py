@@ -94,11 +94,18 @@ def log_hyperparameters(model: L.LightningModule, trainer: L.Trainer, cfg: DictC
 
 
 def user_error(exc: BaseException) -> BaseException | None:
-    """The user-facing cause of an exception (missing file, bad config or stream), if any."""
+    """The user-facing cause of an exception, if any: a missing file, a bad stream, or a config
+    value that a class rejected while being built from the config."""
+    from hydra.errors import InstantiationException
+
     from modules.entropy import BitstreamError
 
     while exc is not None:
         if isinstance(exc, FileNotFoundError | ConfigError | BitstreamError):
+            return exc
+        if isinstance(exc, InstantiationException) and isinstance(
+            exc.__cause__, ValueError | TypeError
+        ):
             return exc
         exc = exc.__cause__
     return None

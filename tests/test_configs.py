@@ -78,3 +78,15 @@ def test_missing_dataset_names_folder_and_fix(tmp_path):
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1
     assert f"{tmp_path}/nowhere/LSDIR" in error[0] and "paths.data_root" in error[0]
+
+
+def test_rejected_config_value_is_one_clear_error(tmp_path):
+    result = run_script(
+        "train.py",
+        "experiment=elic_l0.032",
+        "debug=smoke",
+        "model.groups=[4,4,8]",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.groups [4, 4, 8] must sum to model.M=32" in result.stderr
