@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from modules.evaluation import evaluate_codec
 from modules.utils import (
+    init_weights,
     instantiate_group,
     log_hyperparameters,
     register_resolvers,
@@ -30,6 +31,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # plain containers (not OmegaConf nodes) as hyper-parameters: checkpoints load weights-only
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),

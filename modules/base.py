@@ -71,6 +71,8 @@ class CodecModule(L.LightningModule, ABC):
         lr_gamma: float = 0.1,
         clip_grad_norm: float | None = 1.0,
     ) -> None:
+        """Optimizer settings, read back from `self.hparams`: subclasses take them in their own
+        signature, pass them here and call `self.save_hyperparameters()`."""
         super().__init__()
         self._frozen: dict[str, nn.Module] = {}
         self._fingerprint: bytes | None = None
@@ -93,6 +95,13 @@ class CodecModule(L.LightningModule, ABC):
         self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
     ) -> Tensor:
         """Inverse of `compress_padded` for a padded image of `size` (H, W)."""
+
+    def set_decoding(self, **options: Any) -> None:
+        """Decoder settings of methods that have them (steps, noise, ...); none by default."""
+        if options:
+            raise ValueError(
+                f"{type(self).__name__} has no decoding options, got {sorted(options)}"
+            )
 
     # ------------------------------------------------------------------ frozen networks
     def freeze(self, name: str, module: nn.Module) -> nn.Module:
@@ -121,6 +130,7 @@ class CodecModule(L.LightningModule, ABC):
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign=False):
         """Load trainable weights and coder tables; frozen networks must be the only omission."""
         resize_entropy_buffers(self, state_dict)
+        # not strict: frozen networks are absent by design; every other omission is checked here
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
         if strict and (missing or result.unexpected_keys):
@@ -174,13 +184,19 @@ class CodecModule(L.LightningModule, ABC):
         return self._fingerprint
 
     @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
+    def _coding_mode(self) -> Iterator[None]:
+        """Eval mode, no autograd, deterministic cuDNN kernels (encoder and decoder must compute
+        bit-identical entropy parameters); everything restored afterwards."""
         was_training = self.training
+        cudnn = torch.backends.cudnn
+        flags = cudnn.deterministic, cudnn.benchmark
         self.eval()
+        cudnn.deterministic, cudnn.benchmark = True, False
         try:
             with torch.no_grad():
                 yield
         finally:
+            cudnn.deterministic, cudnn.benchmark = flags
             self.train(was_training)
 
     def compress(self, x: Tensor) -> bytes:
@@ -189,7 +205,7 @@ class CodecModule(L.LightningModule, ABC):
         if x.dim() != 4 or x.shape[:2] != (1, 3):
             raise ValueError(f"compress expects one RGB image 1×3×H×W, got {tuple(x.shape)}")
         height, width = x.shape[-2:]
-        with self._eval_mode():
+        with self._coding_mode():
             padded = pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple)
             strings, side = self.compress_padded(padded)
         stream = Bitstream(
@@ -213,11 +229,10 @@ class CodecModule(L.LightningModule, ABC):
             math.ceil(stream.height / self.pad_multiple) * self.pad_multiple,
             math.ceil(stream.width / self.pad_multiple) * self.pad_multiple,
         )
-        with self._eval_mode():
+        with self._coding_mode():
             x_hat = self.decompress_padded(stream.strings, stream.side, size)
         return x_hat[..., : stream.height, : stream.width].clamp(0, 1)
 
-    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Eval-mode forward of one image of any size -> (reconstruction in [0, 1], estimated bpp).
 
@@ -225,7 +240,7 @@ class CodecModule(L.LightningModule, ABC):
         likelihoods and divided by the original (unpadded) number of pixels.
         """
         height, width = x.shape[-2:]
-        with self._eval_mode():
+        with self._coding_mode():
             out = self(pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple))
         x_hat = out["x_hat"][..., :height, :width].clamp(0, 1)
         return x_hat, bits_per_pixel(out["likelihoods"], x.shape[0] * height * width)

@@ -74,6 +74,18 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(newest)
 
 
+def init_weights(model: L.LightningModule, ckpt_path: str) -> None:
+    """Load the weights of `ckpt_path` into `model` strictly (frozen networks excepted)."""
+    import torch
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={ckpt_path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    log.info(f"Initialised weights from {path}")
+
+
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a callbacks/logger group config."""
     if not cfg:
