@@ -118,3 +118,42 @@ def test_smoke_run_of_each_variant(experiment, tmp_path):
     assert not any(k.startswith("lpips.") for k in checkpoint["state_dict"])  # never saved
     assert "ema_online" in checkpoint  # the state_dict holds the EMA weights
     assert metrics["test/bpp"] > 0 and "test/psnr-rgb" in metrics
+
+
+def test_init_from_a_warmup_checkpoint_without_lpips(tmp_path):
+    from modules.utils import init_weights
+
+    warmup = tiny_cdc(rho=0.0)
+    with torch.no_grad():
+        next(warmup.unet.parameters()).add_(1.0)
+    torch.save({"state_dict": warmup.state_dict()}, tmp_path / "warmup.ckpt")
+    target = tiny_cdc(rho=0.9)
+    target.configure_model()  # the LPIPS loss network exists, but checkpoints never hold it
+    init_weights(target, str(tmp_path / "warmup.ckpt"))
+    assert torch.equal(next(target.unet.parameters()), next(warmup.unet.parameters()))
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        init_weights(target, str(tmp_path / "missing.ckpt"))
+
+
+def test_missing_lpips_weights_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    from modules.metrics.lpips import WeightsNotFoundError, build_lpips
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(WeightsNotFoundError, match=r"vgg16-397923af\.pth.*fetch_weights\.py"):
+        build_lpips("vgg", tmp_path / "weights")
+
+
+def test_lpips_backbone_loads_from_a_local_file(tmp_path, monkeypatch):
+    from torchvision.models import vgg16
+
+    from modules.metrics.lpips import build_lpips
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    torch.manual_seed(5)
+    reference = vgg16()
+    (tmp_path / "weights").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "weights" / "vgg16-397923af.pth")
+    model = build_lpips("vgg", tmp_path / "weights")
+    assert not model.untrained_backbone
+    assert torch.equal(model.net.slice1[0].weight, reference.features[0].weight)
+    assert torch.equal(getattr(model.net.slice5, "28").weight, reference.features[28].weight)
