@@ -24,7 +24,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     codec = load_codec(cfg.ckpt_path, map_location=device)
-    codec.set_decoding(**cfg.decoding)
+    codec.set_decoding(**(cfg.decoding or {}))
     datamodule = hydra.utils.instantiate(cfg.data)
     out_dir = Path(cfg.paths.output_dir)
     results = evaluate_codec(

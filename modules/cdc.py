@@ -100,9 +100,9 @@ class CDCModule(CodecModule):
             gradient_checkpointing=gradient_checkpointing,
         )
 
-    def configure_model(self) -> None:
-        """Build the LPIPS loss network before training (decoding never needs it)."""
-        if self.hparams.rho > 0:
+    def setup(self, stage: str) -> None:
+        """Build the LPIPS loss network before training; loading and decoding never need it."""
+        if stage == "fit" and self.hparams.rho > 0:
             self._lpips()
 
     def _lpips(self) -> torch.nn.Module:
@@ -114,8 +114,15 @@ class CDCModule(CodecModule):
         return self.lpips
 
     # ------------------------------------------------------------------ decoding options
-    def set_decoding(self, steps: int, gamma: float, seed: int) -> None:
-        """Decoder settings written into each stream: DDIM steps, start noise γ, noise seed."""
+    def set_decoding(
+        self, steps: int | None = None, gamma: float | None = None, seed: int | None = None
+    ) -> None:
+        """Decoder settings written into each stream: DDIM steps, start noise γ, noise seed
+        (None keeps the current value)."""
+        current = getattr(self, "decoding", {})
+        steps = current["steps"] if steps is None else steps
+        gamma = current["gamma"] if gamma is None else gamma
+        seed = current["seed"] if seed is None else seed
         ddim_indices(self.num_train_steps, steps)  # validates the step count
         if not (math.isfinite(gamma) and 0 <= gamma < 65504) or not 0 <= seed < 2**32:
             raise ValueError(

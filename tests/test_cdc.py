@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modules.base import load_codec
 from modules.cdc import CDCModule
 from modules.entropy import Bitstream, BitstreamError
 from tests.conftest import compose_config
@@ -117,6 +118,8 @@ def test_smoke_run_of_each_variant(experiment, tmp_path):
     assert checkpoint["global_step"] == 6
     assert not any(k.startswith("lpips.") for k in checkpoint["state_dict"])  # never saved
     assert "ema_online" in checkpoint  # the state_dict holds the EMA weights
+    codec = load_codec(run_dir / "checkpoints" / "last.ckpt")  # decoding needs no LPIPS
+    assert "lpips" not in dict(codec.named_children())
     assert metrics["test/bpp"] > 0 and "test/psnr-rgb" in metrics
 
 
@@ -128,7 +131,7 @@ def test_init_from_a_warmup_checkpoint_without_lpips(tmp_path):
         next(warmup.unet.parameters()).add_(1.0)
     torch.save({"state_dict": warmup.state_dict()}, tmp_path / "warmup.ckpt")
     target = tiny_cdc(rho=0.9)
-    target.configure_model()  # the LPIPS loss network exists, but checkpoints never hold it
+    target.setup("fit")  # the LPIPS loss network exists, but checkpoints never hold it
     init_weights(target, str(tmp_path / "warmup.ckpt"))
     assert torch.equal(next(target.unet.parameters()), next(warmup.unet.parameters()))
     with pytest.raises(FileNotFoundError, match="init_from"):
