@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 
 from modules.base import load_codec
 from modules.cdc import CDCModule
 from modules.entropy import Bitstream, BitstreamError
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_script
 
 
 def tiny_cdc(prediction: str = "x", rho: float = 0.0, **kwargs) -> CDCModule:
@@ -121,6 +123,30 @@ def test_smoke_run_of_each_variant(experiment, tmp_path):
     codec = load_codec(run_dir / "checkpoints" / "last.ckpt")  # decoding needs no LPIPS
     assert "lpips" not in dict(codec.named_children())
     assert metrics["test/bpp"] > 0 and "test/psnr-rgb" in metrics
+
+
+def test_eval_decoding_options_reach_the_stream(tmp_path):
+    from train import train
+
+    run_dir = tmp_path / "run"
+    train(
+        compose_config(
+            "train", ["experiment=cdc_x_warmup", "debug=smoke", "evaluate=false"], run_dir
+        )
+    )
+    result = run_script(
+        "eval.py",
+        f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+        "data=sample",
+        "+data.test.limit=1",
+        "decoding={steps: 5, gamma: 0.5}",
+        "save_outputs=true",
+        f"paths.log_dir={tmp_path}",
+        "run_name=e",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    stream = (tmp_path / "eval" / "cdc_x_warmup" / "e" / "outputs" / "astronaut.bin").read_bytes()
+    assert struct.unpack("<HeI", Bitstream.from_bytes(stream).side) == (5, 0.5, 0)
 
 
 def test_init_from_a_warmup_checkpoint_without_lpips(tmp_path):
