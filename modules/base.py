@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from modules.entropy import Bitstream, fingerprint
 from modules.entropy.buffers import resize_entropy_buffers
+from modules.utils import ConfigError
 
 
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
@@ -76,6 +77,7 @@ class CodecModule(L.LightningModule, ABC):
         super().__init__()
         self._frozen: dict[str, nn.Module] = {}
         self._fingerprint: bytes | None = None
+        self.decoding: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -97,11 +99,22 @@ class CodecModule(L.LightningModule, ABC):
         """Inverse of `compress_padded` for a padded image of `size` (H, W)."""
 
     def set_decoding(self, **options: Any) -> None:
-        """Decoder settings of methods that have them (steps, noise, ...); none by default."""
-        if options:
-            raise ValueError(
-                f"{type(self).__name__} has no decoding options, got {sorted(options)}"
+        """Change decoder settings (e.g. CDC's steps, γ, seed); the others keep their value.
+
+        The settings a method has are the keys of `self.decoding` (none by default); encoders
+        write them into the stream, so a decoder always uses the encoder's.
+        """
+        unknown = sorted(set(options) - set(self.decoding))
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__} has decoding options {sorted(self.decoding)}, "
+                f"not {unknown}"
             )
+        self.decoding = self.checked_decoding({**self.decoding, **options})
+
+    def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate (and normalise) a full set of decoding options; raise ConfigError if bad."""
+        return options
 
     # ------------------------------------------------------------------ frozen networks
     def freeze(self, name: str, module: nn.Module) -> nn.Module:
@@ -244,6 +257,19 @@ class CodecModule(L.LightningModule, ABC):
             out = self(pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple))
         x_hat = out["x_hat"][..., :height, :width].clamp(0, 1)
         return x_hat, bits_per_pixel(out["likelihoods"], x.shape[0] * height * width)
+
+    def likelihoods(self, x: Tensor) -> dict[str, Tensor]:
+        """Eval-mode likelihoods of the latents of a padded batch; methods whose forward also
+        decodes (diffusion) override this with the entropy model alone."""
+        return self(x)["likelihoods"]
+
+    def estimate_bpp(self, x: Tensor) -> Tensor:
+        """Rate of one image of any size estimated from the likelihoods (original pixels)."""
+        height, width = x.shape[-2:]
+        with self._coding_mode():
+            padded = pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple)
+            likelihoods = self.likelihoods(padded)
+        return bits_per_pixel(likelihoods, x.shape[0] * height * width)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

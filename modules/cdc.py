@@ -41,6 +41,7 @@ from modules.diffusion import (
 from modules.entropy import BitstreamError
 from modules.metrics.lpips import build_lpips
 from modules.nets import CDCCompressor, ConditionalUNet
+from modules.utils import ConfigError
 
 #: side information: decoding steps (u16), γ (fp16), decoder seed (u32)
 _SIDE = struct.Struct("<HeI")
@@ -90,7 +91,9 @@ class CDCModule(CodecModule):
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.register_buffer("snr", snr(alphas_cumprod).float(), persistent=False)
         self._alphas_cumprod64 = alphas_cumprod  # the sampler's coefficients, in float64
-        self.set_decoding(steps=decode_steps, gamma=decode_gamma, seed=decode_seed)
+        self.decoding = self.checked_decoding(
+            {"steps": decode_steps, "gamma": decode_gamma, "seed": decode_seed}
+        )
 
         self.compressor = CDCCompressor(dim=compressor_dim, out_channels=finest_context)
         self.unet = ConditionalUNet(
@@ -114,23 +117,20 @@ class CDCModule(CodecModule):
         return self.lpips
 
     # ------------------------------------------------------------------ decoding options
-    def set_decoding(
-        self, steps: int | None = None, gamma: float | None = None, seed: int | None = None
-    ) -> None:
-        """Decoder settings written into each stream: DDIM steps, start noise γ, noise seed
-        (None keeps the current value)."""
-        current = getattr(self, "decoding", {})
-        steps = current["steps"] if steps is None else steps
-        gamma = current["gamma"] if gamma is None else gamma
-        seed = current["seed"] if seed is None else seed
-        ddim_indices(self.num_train_steps, steps)  # validates the step count
+    def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
+        """DDIM steps, start noise γ and noise seed, as the stream will carry them (γ in fp16),
+        so that the eval forward equals decompress(compress(x))."""
+        steps, gamma, seed = options["steps"], options["gamma"], options["seed"]
+        try:
+            ddim_indices(self.num_train_steps, steps)
+        except ValueError as exc:
+            raise ConfigError(f"decoding steps: {exc}") from exc
         if not (math.isfinite(gamma) and 0 <= gamma < 65504) or not 0 <= seed < 2**32:
-            raise ValueError(
+            raise ConfigError(
                 f"decoding gamma must be in [0, 65504) and seed 32-bit, got {gamma}, {seed}"
             )
-        # exactly what the stream will carry (γ as fp16), so eval forward == decompress(compress)
         steps, gamma, seed = _SIDE.unpack(_SIDE.pack(steps, gamma, seed))
-        self.decoding = {"steps": steps, "gamma": gamma, "seed": seed}
+        return {"steps": steps, "gamma": gamma, "seed": seed}
 
     # ------------------------------------------------------------------ training
     def stage_weights(self) -> tuple[float, float]:
@@ -165,6 +165,9 @@ class CDCModule(CodecModule):
         out = self._denoising_pass(2 * x - 1, compressed["context"])
         x_hat = (out["x0_hat"].detach().clamp(-1, 1) + 1) / 2
         return {**out, "x_hat": x_hat, "likelihoods": compressed["likelihoods"]}
+
+    def likelihoods(self, x: Tensor) -> dict[str, Tensor]:
+        return self.compressor(2 * x - 1)["likelihoods"]
 
     def rd_loss(self, out: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
         beta, rho = self.stage_weights()

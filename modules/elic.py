@@ -57,6 +57,9 @@ class ELICModule(CodecModule):
         out = self.latent_codec(self.g_a(x))
         return {"x_hat": self.g_s(out["y_hat"]), "likelihoods": out["likelihoods"]}
 
+    def likelihoods(self, x: Tensor) -> dict[str, Tensor]:
+        return self.latent_codec(self.g_a(x))["likelihoods"]
+
     def rd_loss(self, out: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
         bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out["x_hat"].float(), x.float())

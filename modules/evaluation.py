@@ -52,7 +52,7 @@ def code_image(codec: CodecModule, image: Tensor) -> tuple[bytes, Tensor, dict[s
     decoded = codec.decompress(data)
     _synchronize(codec.device)
     finished = time.perf_counter()
-    _, bpp_est = codec.reconstruct(x)
+    bpp_est = codec.estimate_bpp(x)
     row = {
         "height": height,
         "width": width,

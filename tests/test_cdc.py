@@ -37,8 +37,9 @@ def test_round_trip_equals_eval_reconstruction(codec, gamma):
     codec.set_decoding(steps=3, gamma=gamma, seed=7)
     x = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(0))
     data = codec.compress(x)
-    reconstruction, _ = codec.reconstruct(x)
+    reconstruction, bpp = codec.reconstruct(x)
     assert torch.equal(codec.decompress(data), reconstruction)
+    assert float(codec.estimate_bpp(x)) == pytest.approx(float(bpp), rel=1e-6)
 
 
 def test_stochastic_decoding_is_seeded_by_the_stream(codec):
@@ -186,3 +187,17 @@ def test_lpips_backbone_loads_from_a_local_file(tmp_path, monkeypatch):
     assert not model.untrained_backbone
     assert torch.equal(model.net.slice1[0].weight, reference.features[0].weight)
     assert torch.equal(getattr(model.net.slice5, "28").weight, reference.features[28].weight)
+
+
+def test_bad_decoding_options_are_config_errors(codec):
+    from modules.elic import ELICModule
+    from modules.utils import ConfigError
+
+    with pytest.raises(ConfigError, match="not \\['stepz'\\]"):
+        codec.set_decoding(stepz=5)
+    with pytest.raises(ConfigError, match="decoding steps"):
+        codec.set_decoding(steps=0)
+    codec.set_decoding(gamma=0.3)  # partial: steps and seed stay
+    assert codec.decoding["steps"] == 3 and codec.decoding["gamma"] == pytest.approx(0.3, 1e-3)
+    with pytest.raises(ConfigError, match="ELICModule has decoding options \\[\\]"):
+        ELICModule(lmbda=0.01, N=16, M=32, groups=[4, 4, 8, 16]).set_decoding(steps=5)
