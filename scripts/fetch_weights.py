@@ -4,7 +4,8 @@ Run once on a machine with internet access, then copy the folder to the training
 
     python scripts/fetch_weights.py --weights-dir weights
 
-Training and evaluation never download anything themselves.
+Fetches torchvision's VGG16 (LPIPS-VGG, DISTS) and AlexNet (LPIPS-Alex), piq's DISTS α/β and
+torch-fidelity's FID Inception (FID, KID). Training and evaluation never download anything.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from modules.metrics.lpips import BACKBONE_WEIGHTS
+from modules.metrics import WEIGHT_URLS
+from modules.metrics.weights import file_name
+
+#: torchvision's file names end in the first hex digits of the file's sha256
+HASHED_NAMES_HOST = "https://download.pytorch.org/"
 
 
 def main() -> int:
@@ -25,14 +30,19 @@ def main() -> int:
     parser.add_argument("--weights-dir", type=Path, default=Path("weights"))
     args = parser.parse_args()
     args.weights_dir.mkdir(parents=True, exist_ok=True)
-    for net, weights in BACKBONE_WEIGHTS.items():
-        target = args.weights_dir / Path(weights.url).name
+    users: dict[str, list[str]] = {}
+    for metric, urls in WEIGHT_URLS.items():
+        for url in urls:
+            users.setdefault(url, []).append(metric)
+    for url, metrics in users.items():
+        target = args.weights_dir / file_name(url)
+        label = f"{target} ({', '.join(metrics)})"
         if target.is_file():
-            print(f"LPIPS-{net} backbone: {target} (present)")
+            print(f"{label}: present")
             continue
-        # torchvision's file names end in the first hex digits of the file's sha256
-        torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=target.stem[-8:])
-        print(f"LPIPS-{net} backbone: {target}")
+        hash_prefix = target.stem[-8:] if url.startswith(HASHED_NAMES_HOST) else None
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=hash_prefix)
+        print(f"{label}: downloaded")
     return 0
 
 

@@ -1,49 +1,42 @@
 """Image-quality metrics of the evaluation protocol, computed on 8-bit rounded images.
 
-Every full-reference metric takes (decoded, original) as 1×3×H×W float tensors holding integer
-values in [0, 255] and returns a float; `FULL_REFERENCE` maps result-column names to them.
+Every full-reference metric takes (decoded, original) as 1×3×H×W float tensors holding integers
+0..255 and returns a float per image. `MetricSuite` computes all of them (PSNR, MS-SSIM, SSIM,
+LPIPS-Alex/VGG, DISTS, GMSD, VIF) with networks built once, and gathers the patch features of
+FID/KID, which `fid_kid` turns into the data-set scores. `FULL_REFERENCE` maps the network-free
+metrics' column names to their functions.
 """
 
-from __future__ import annotations
+from modules.metrics.fid import extract_patches, fid_kid
+from modules.metrics.full_reference import (
+    FULL_REFERENCE,
+    check_8bit,
+    gmsd,
+    ms_ssim,
+    psnr,
+    quantize_8bit,
+    ssim,
+    vif,
+)
+from modules.metrics.lpips import build_lpips
+from modules.metrics.suite import DEFAULT_METRICS, WEIGHT_URLS, MetricSuite
+from modules.metrics.weights import WeightsNotFoundError, find_weights
 
-import math
-import warnings
-from collections.abc import Callable
-
-import torch
-from torch import Tensor
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-
-#: MS-SSIM's five scales with an 11-px window need both sides larger than this
-MS_SSIM_MIN_SIDE = 160
-
-
-def quantize_8bit(x: Tensor) -> Tensor:
-    """[0, 1] float image -> float image of integers 0..255 (what a PNG file would hold)."""
-    return (x.clamp(0, 1) * 255).round()
-
-
-def psnr(decoded: Tensor, original: Tensor) -> float:
-    """PSNR in dB of one image (peak 255); inf for identical images."""
-    mse = torch.mean((decoded.double() - original.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
-def ms_ssim(decoded: Tensor, original: Tensor) -> float:
-    """MS-SSIM (torchmetrics, data range 255); NaN with a warning for images too small for it."""
-    if min(original.shape[-2:]) <= MS_SSIM_MIN_SIDE:
-        warnings.warn(
-            f"MS-SSIM needs both sides > {MS_SSIM_MIN_SIDE} px, got {tuple(original.shape[-2:])}",
-            stacklevel=2,
-        )
-        return math.nan
-    value = multiscale_structural_similarity_index_measure(
-        decoded.float(), original.float(), data_range=255.0
-    )
-    return float(value)
-
-
-FULL_REFERENCE: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "psnr": psnr,
-    "ms_ssim": ms_ssim,
-}
+__all__ = [
+    "DEFAULT_METRICS",
+    "FULL_REFERENCE",
+    "WEIGHT_URLS",
+    "MetricSuite",
+    "WeightsNotFoundError",
+    "build_lpips",
+    "check_8bit",
+    "extract_patches",
+    "fid_kid",
+    "find_weights",
+    "gmsd",
+    "ms_ssim",
+    "psnr",
+    "quantize_8bit",
+    "ssim",
+    "vif",
+]

@@ -8,45 +8,33 @@ backbone for tests and smoke runs, and the module says so (`untrained_backbone`)
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lpips
 import torch
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
+from modules.metrics.weights import WeightsNotFoundError, file_name, find_weights
+
+__all__ = ["BACKBONE_WEIGHTS", "WeightsNotFoundError", "build_lpips"]
+
 #: torchvision weights of each LPIPS backbone (their file names are torchvision's)
 BACKBONE_WEIGHTS = {"vgg": VGG16_Weights.IMAGENET1K_V1, "alex": AlexNet_Weights.IMAGENET1K_V1}
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A pretrained weight file is not on this machine; the message says how to get it."""
-
-
-def backbone_weights_file(net: str, weights_dir: str | Path | None) -> Path:
-    """Local file of the torchvision backbone of LPIPS-`net` ("vgg" or "alex")."""
-    if net not in BACKBONE_WEIGHTS:
-        raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
-    name = Path(BACKBONE_WEIGHTS[net].url).name
-    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / name]
-    if weights_dir is not None:
-        candidates.insert(0, Path(weights_dir) / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WeightsNotFoundError(
-        f"LPIPS-{net} needs {name}; looked in {', '.join(str(c.parent) for c in candidates)}. "
-        f"Run `python scripts/fetch_weights.py --weights-dir {weights_dir or 'weights'}` on a "
-        "machine with internet access and copy the folder here (paths.weights_dir)."
-    )
 
 
 def build_lpips(
     net: str = "vgg", weights_dir: str | Path | None = None, pretrained_backbone: bool = True
 ) -> lpips.LPIPS:
-    """Frozen LPIPS-`net` in eval mode taking images in [-1, 1]."""
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    """Frozen LPIPS-`net` ("vgg" or "alex") in eval mode taking images in [-1, 1]."""
+    if net not in BACKBONE_WEIGHTS:
+        raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
+    with warnings.catch_warnings():  # lpips builds its backbone with torchvision's old arguments
+        warnings.filterwarnings("ignore", "The parameter 'pretrained' is deprecated", UserWarning)
+        warnings.filterwarnings("ignore", "Arguments other than a weight enum", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if pretrained_backbone:
-        path = backbone_weights_file(net, weights_dir)
+        path = find_weights(file_name(BACKBONE_WEIGHTS[net].url), weights_dir, f"LPIPS-{net}")
         features = {
             key.removeprefix("features."): value
             for key, value in torch.load(path, map_location="cpu", weights_only=True).items()

@@ -1,0 +1,342 @@
+"""Collect results.json files into rate-distortion plots and BD-rate tables.
+
+    python scripts/collect_rd.py logs/eval compressai_results/*.json --anchor elic \\
+        --metrics psnr-rgb lpips-alex --out rd
+
+RESULTS are results.json files in CompressAI's format ({"name", "results": {"bpp": [...],
+metric: [...]}}, as eval.py writes them), folders, or glob patterns. A folder is searched
+recursively for results.json, but not below a folder that has one: eval.py writes the curve of a
+sweep (<dataset>/results.json) above the results of its single checkpoints. Curves are grouped:
+
+- by "dataset": one plot and one table per dataset. A file without "dataset" (CompressAI's
+  published JSONs, typed-in numbers) belongs to the dataset named by --dataset ("default").
+- by "name" within a dataset: files with the same name are one curve, their points concatenated,
+  so a λ sweep evaluated checkpoint by checkpoint is one curve. --strip REGEX removes a pattern
+  from every name first (e.g. --strip '_[lb][0-9.]+$' joins elic_l0.004 … elic_l0.45 as "elic").
+
+null/NaN values are skipped per metric. Writes, per dataset, into --out: rd_<dataset>.png (one
+panel per metric), bd_rate_<dataset>.md and bd_rate_<dataset>.csv (BD-rate in percent against
+--anchor, JVET piecewise cubic; negative = fewer bits for the same quality; "—" where a curve
+has fewer than 2 points or no quality overlap with the anchor; an "average" column over the
+available metrics), and prints the Markdown tables. Curves measured with an untrained metric
+backbone ("untrained_backbones") are labelled "(untrained backbone)".
+
+Errors (no input, unreadable JSON, no results/bpp, missing anchor) print one line on stderr and
+exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import ticker
+
+from modules.metrics.bd_rate import bd_rate, higher_is_better
+
+UNTRAINED_LABEL = " (untrained backbone)"
+#: dataset of the files that name none, unless --dataset says otherwise
+DEFAULT_DATASET = "default"
+
+
+class ResultsError(ValueError):
+    """An input that cannot be read as results; the message names the file."""
+
+
+@dataclass
+class Curve:
+    """The points of one named codec on one dataset: "bpp" and metric columns of equal length."""
+
+    name: str
+    columns: dict[str, list[float]] = field(default_factory=dict)
+    untrained: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name + (UNTRAINED_LABEL if self.untrained else "")
+
+    def __len__(self) -> int:
+        return len(self.columns.get("bpp", []))
+
+    def add(self, results: dict[str, list[float]]) -> None:
+        """Append the points of one file; metrics missing on either side are NaN."""
+        size, added = len(self), len(results["bpp"])
+        for key in {**self.columns, **results}:
+            column = self.columns.setdefault(key, [math.nan] * size)
+            column.extend(results.get(key, [math.nan] * added))
+
+    def points(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(bpp, metric) of the points where both are finite, sorted by bpp."""
+        rate = np.asarray(self.columns["bpp"], dtype=float)
+        quality = np.asarray(self.columns.get(metric, [math.nan] * len(self)), dtype=float)
+        keep = np.isfinite(rate) & np.isfinite(quality)
+        order = np.argsort(rate[keep], kind="stable")
+        return rate[keep][order], quality[keep][order]
+
+
+def _search_folder(folder: Path) -> list[Path]:
+    """The topmost results.json files under `folder`: one found in a folder stands for the
+    folders below it (eval.py writes a sweep's curve above its per-checkpoint points)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        if "results.json" in files:
+            found.append(Path(root) / "results.json")
+            dirs.clear()
+    return found
+
+
+def find_results(inputs: list[str]) -> list[Path]:
+    """results.json files named by files, folders and glob patterns, in order, each once."""
+    files: dict[Path, None] = {}
+    for item in inputs:
+        is_pattern = any(char in item for char in "*?[")
+        matches = sorted(glob.glob(item, recursive=True)) if is_pattern else [item]
+        found = []
+        for match in map(Path, matches):
+            if match.is_dir():
+                found += _search_folder(match)
+            elif match.is_file():
+                found.append(match)
+        if not found:
+            raise ResultsError(f"no results.json found at {item}")
+        files.update(dict.fromkeys(path.resolve() for path in found))
+    return list(files)
+
+
+def _column(path: Path, key: str, values: Any) -> list[float]:
+    values = values if isinstance(values, list) else [values]
+    try:
+        return [math.nan if v is None else float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ResultsError(f"{path}: results[{key!r}] holds a non-number: {values}") from None
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """One results.json as {"name", "dataset" (or None), "results": columns, "untrained"}."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+        raise ResultsError(f"{path}: no 'results' object (CompressAI's results.json format)")
+    if "bpp" not in doc["results"]:
+        raise ResultsError(f"{path}: results have no 'bpp'")
+    if not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise ResultsError(f"{path}: no 'name'")
+    columns = {key: _column(path, key, values) for key, values in doc["results"].items()}
+    lengths = {key: len(column) for key, column in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise ResultsError(f"{path}: results columns differ in length: {lengths}")
+    return {
+        "name": doc["name"],
+        "dataset": doc.get("dataset"),
+        "results": columns,
+        "untrained": bool(doc.get("untrained_backbones")),
+    }
+
+
+def group_curves(
+    docs: list[dict[str, Any]], default_dataset: str = DEFAULT_DATASET, strip: str | None = None
+) -> dict[str, dict[str, Curve]]:
+    """{dataset: {name: Curve}} in input order (see the module docstring for the rules)."""
+    groups: dict[str, dict[str, Curve]] = {}
+    for doc in docs:
+        name = re.sub(strip, "", doc["name"]) if strip else doc["name"]
+        curves = groups.setdefault(str(doc["dataset"] or default_dataset), {})
+        curve = curves.setdefault(name, Curve(name))
+        curve.add(doc["results"])
+        curve.untrained |= doc["untrained"]
+    return groups
+
+
+def default_metrics(anchor: Curve) -> list[str]:
+    """Quality columns of the anchor that hold a value: all but bpp, bpp_est and times."""
+    return [
+        key
+        for key, values in anchor.columns.items()
+        if not (key.startswith("bpp") or key.endswith("_time"))
+        and any(math.isfinite(v) for v in values)
+    ]
+
+
+def bd_rate_table(
+    curves: dict[str, Curve], anchor: str, metrics: list[str]
+) -> tuple[dict[str, dict[str, float | None]], list[str]]:
+    """BD-rates (%) of every curve against `anchor` per metric plus their "average" (None where
+    not computable), anchor first, and the reasons of the missing cells."""
+    table, reasons = {}, []
+    others = [curve for name, curve in curves.items() if name != anchor]
+    for curve in [curves[anchor], *others]:
+        row: dict[str, float | None] = {}
+        for metric in metrics:
+            try:
+                row[metric] = bd_rate(
+                    *curves[anchor].points(metric),
+                    *curve.points(metric),
+                    higher_is_better=higher_is_better(metric) is not False,
+                )
+            except ValueError as exc:
+                row[metric] = None
+                reasons.append(f"{curve.label} / {metric}: {exc}")
+        available = [v for v in row.values() if v is not None]
+        row["average"] = sum(available) / len(available) if available else None
+        table[curve.label] = row
+    return table, reasons
+
+
+def format_cell(value: float | None) -> str:
+    """BD-rate as the table shows it: signed, two decimals, "—" when missing."""
+    if value is None:
+        return "—"
+    text = f"{value:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
+def markdown_table(table: dict[str, dict[str, float | None]], heading: str) -> str:
+    """The BD-rate table in Markdown under a heading."""
+    columns = list(next(iter(table.values())))
+    lines = [
+        f"### {heading}",
+        "",
+        "| curve | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for label, row in table.items():
+        lines.append(f"| {label} | " + " | ".join(format_cell(row[c]) for c in columns) + " |")
+    lines += ["", "BD-rate in % (negative: fewer bits than the anchor for the same quality)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: dict[str, dict[str, float | None]], path: Path) -> None:
+    """The BD-rate table with full-precision numbers; empty cells where not computable."""
+    columns = list(next(iter(table.values())))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["curve", *columns])
+        for label, row in table.items():
+            writer.writerow([label, *("" if row[c] is None else row[c] for c in columns)])
+
+
+def plot_rd(
+    curves: dict[str, Curve],
+    anchor: str,
+    metrics: list[str],
+    path: Path,
+    title: str,
+    log_rate: bool = False,
+) -> None:
+    """One panel per metric: bpp on x, the metric on y, one line with markers per curve."""
+    cols = min(len(metrics), 3)
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for name, curve in curves.items():
+            rate, quality = curve.points(metric)
+            style = {"color": "black", "linestyle": "--"} if name == anchor else {}
+            ax.plot(rate, quality, marker="o", markersize=4, label=curve.label, **style)
+        direction = higher_is_better(metric)
+        ax.set_title(metric + {False: " (lower is better)"}.get(direction, ""))
+        ax.set_xlabel("bpp")
+        ax.set_ylabel(metric)
+        if log_rate:
+            ax.set_xscale("log")
+            # plain decimals at 1-2-5 steps (the default sci-notation minor labels overlap)
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="+", help="results.json files, folders or globs")
+    parser.add_argument("--anchor", required=True, help="name of the reference curve")
+    parser.add_argument("--metrics", nargs="+", help="default: every quality key of the anchor")
+    parser.add_argument("--out", type=Path, default=Path("rd"), help="output folder")
+    parser.add_argument("--title", help="title of the plots and tables")
+    parser.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="dataset of files that name none"
+    )
+    parser.add_argument("--strip", help="regex removed from every name before grouping")
+    parser.add_argument("--log-rate", action="store_true", help="logarithmic bpp axis")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """Write the plot and tables of every dataset; returns the Markdown tables."""
+    try:
+        groups = group_curves(
+            [load_results(path) for path in find_results(args.results)], args.dataset, args.strip
+        )
+    except re.error as exc:
+        raise ResultsError(f"--strip {args.strip!r} is not a valid regex ({exc})") from None
+    for dataset, curves in groups.items():
+        if args.anchor not in curves:
+            raise ResultsError(
+                f"anchor {args.anchor!r} not found in dataset {dataset!r}; "
+                f"curves there: {', '.join(curves)}"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    tables, unknown = [], set()
+    for dataset, curves in groups.items():
+        metrics = list(dict.fromkeys(args.metrics or default_metrics(curves[args.anchor])))
+        absent = [m for m in metrics if not any(m in c.columns for c in curves.values())]
+        if not metrics or absent:
+            raise ResultsError(f"dataset {dataset!r} has no metric {absent or 'besides bpp'}")
+        for metric in metrics:
+            if higher_is_better(metric) is None and metric not in unknown:
+                unknown.add(metric)
+                print(
+                    f"note: unknown metric {metric!r}, taken as higher-is-better", file=sys.stderr
+                )
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset)
+        title = f"{args.title} — {dataset}" if args.title else dataset
+        table, reasons = bd_rate_table(curves, args.anchor, metrics)
+        for reason in reasons:
+            print(f"note: {dataset}: no BD-rate for {reason}", file=sys.stderr)
+        anchor_label = curves[args.anchor].label
+        markdown = markdown_table(table, f"{title}: BD-rate (%) against {anchor_label}")
+        (args.out / f"bd_rate_{stem}.md").write_text(markdown)
+        write_csv(table, args.out / f"bd_rate_{stem}.csv")
+        plot_rd(curves, args.anchor, metrics, args.out / f"rd_{stem}.png", title, args.log_rate)
+        tables.append(markdown)
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        tables = run(args)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(tables), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
