@@ -1,4 +1,10 @@
-"""Evaluate a checkpoint with real bitstreams: `python eval.py ckpt_path=<ckpt> data=<set>`."""
+"""Evaluate checkpoints with real bitstreams: `python eval.py ckpt_path=<ckpts> data=<set>`.
+
+`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve).
+
+Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_node=N eval.py ...`
+(images are sharded over the ranks). Re-running the same command resumes where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +13,102 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from modules.base import load_codec
-from modules.evaluation import evaluate_codec
-from modules.utils import register_resolvers, task_wrapper
+from modules.evaluation import (
+    device_name,
+    evaluate_point,
+    init_distributed,
+    rank_and_world,
+    write_curve,
+    write_summary,
+)
+from modules.metrics import MetricSuite
+from modules.utils import (
+    ConfigError,
+    expand_checkpoints,
+    experiment_name_of,
+    register_resolvers,
+    task_wrapper,
+)
 
 log = logging.getLogger(__name__)
 register_resolvers()
+DATA_CONFIGS = Path(__file__).parent / "configs" / "data"
+
+
+def dataset_configs(cfg: DictConfig) -> list[DictConfig]:
+    """The data configs to evaluate: `datasets=[names]` (configs/data/<name>.yaml), else `data`."""
+    if not cfg.get("datasets"):
+        return [cfg.data]
+    configs = []
+    for name in cfg.datasets:
+        path = DATA_CONFIGS / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml"))
+            raise ConfigError(f"datasets: no data config {name!r}; known: {known}")
+        root = cfg.copy()
+        with open_dict(root):
+            root.data = OmegaConf.load(path)  # interpolations resolve against this run's paths
+        configs.append(root.data)
+    return configs
+
+
+def point_label(ckpt_path: str, decoding: dict[str, Any] | None) -> str:
+    """Folder name of one checkpoint's results: experiment, file stem and decoding options."""
+    label = f"{experiment_name_of(ckpt_path)}-{Path(ckpt_path).stem}"
+    if decoding:
+        label += "-" + ",".join(f"{k}={v}" for k, v in sorted(decoding.items()))
+    return label
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Load the codec of `cfg.ckpt_path`, code every image of `cfg.data`, write the results."""
-    device = (
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    codec = load_codec(cfg.ckpt_path, map_location=device)
-    codec.set_decoding(**(cfg.decoding or {}))
-    datamodule = hydra.utils.instantiate(cfg.data)
+    """Evaluate every checkpoint of `cfg.ckpt_path` on every set; returns the RD curves by set."""
+    checkpoints = expand_checkpoints(cfg.ckpt_path)
+    device = init_distributed(cfg.device)
+    rank, world = rank_and_world()
+    decoding = OmegaConf.to_container(cfg.decoding) if cfg.decoding else {}
     out_dir = Path(cfg.paths.output_dir)
-    results = evaluate_codec(
-        codec,
-        datamodule.eval_images(),
-        out_dir,
-        name=cfg.experiment_name,
-        description=f"{datamodule.test_name}; {cfg.ckpt_path}; {device}",
-        save_outputs=cfg.save_outputs,
+    metrics = MetricSuite(
+        names=cfg.metrics.names,
+        fid=cfg.metrics.fid,
+        weights_dir=cfg.metrics.weights_dir,
+        pretrained=cfg.metrics.pretrained,
+        device=device,
     )
-    log.info(f"Results in {out_dir}: {results['results']}")
-    return results
+    sets = [hydra.utils.instantiate(c, _convert_="all") for c in dataset_configs(cfg)]
+    points: dict[str, list[tuple[str, dict[str, Any]]]] = {d.test_name: [] for d in sets}
+    hardware = f"{world} × {device_name(device)}"
+    for ckpt_path in checkpoints:
+        codec = load_codec(ckpt_path, map_location=device)
+        codec.set_decoding(**decoding)
+        label = point_label(ckpt_path, decoding)
+        for datamodule in sets:
+            results = evaluate_point(
+                codec,
+                datamodule.eval_images(),
+                metrics,
+                out_dir / datamodule.test_name / label,
+                name=experiment_name_of(ckpt_path),
+                description=f"{datamodule.test_name}; {ckpt_path}; {hardware}",
+                meta={
+                    "checkpoint": str(Path(ckpt_path).resolve()),
+                    "dataset": datamodule.test_name,
+                },
+                save_outputs=cfg.save_outputs,
+                resume=cfg.resume,
+                fid_min_patches=cfg.metrics.fid_min_patches,
+            )
+            points[datamodule.test_name].append((label, results))
+    curves = {}
+    if rank == 0:
+        for dataset, dataset_points in points.items():
+            curve_path = out_dir / dataset / "results.json"
+            curves[dataset] = write_curve(curve_path, cfg.experiment_name, dataset, dataset_points)
+        summary = write_summary(out_dir / "summary.md", curves, hardware)
+        log.info(f"Results in {out_dir}\n{summary}")
+    return curves
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")

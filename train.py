@@ -10,7 +10,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from modules.evaluation import evaluate_codec
+from modules.evaluation import evaluate_point
+from modules.metrics import MetricSuite
 from modules.utils import (
     init_weights,
     instantiate_group,
@@ -39,17 +40,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=instantiate_group(cfg.get("logger")) or False,
     )
     log_hyperparameters(model, trainer, cfg)
+    # built before fitting, so that a missing metric weight file fails now, not after training
+    metrics_suite = MetricSuite(
+        names=cfg.metrics.names,
+        fid=cfg.metrics.fid,
+        weights_dir=cfg.metrics.weights_dir,
+        pretrained=cfg.metrics.pretrained,
+        device=trainer.strategy.root_device,
+    )
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    if cfg.get("evaluate") and datamodule.hparams.test and trainer.is_global_zero:
+    if cfg.get("evaluate") and datamodule.hparams.test:
         model.eval().update(force=True)
-        results = evaluate_codec(
+        results = evaluate_point(
             model,
             datamodule.eval_images(),
+            metrics_suite,
             Path(cfg.paths.output_dir) / "eval" / datamodule.test_name,
             name=cfg.experiment_name,
             description=datamodule.test_name,
+            fid_min_patches=cfg.metrics.fid_min_patches,
+            resume=False,
         )
         metrics.update({f"test/{k}": v[0] for k, v in results["results"].items()})
         log.info(f"Evaluation with real bitstreams: {results['results']}")

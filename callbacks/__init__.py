@@ -2,5 +2,6 @@
 
 from callbacks.ema import EMA
 from callbacks.image_logger import ProbeImageLogger
+from callbacks.rd_evaluation import RateDistortionEvaluation
 
-__all__ = ["EMA", "ProbeImageLogger"]
+__all__ = ["EMA", "ProbeImageLogger", "RateDistortionEvaluation"]

@@ -279,7 +279,9 @@ class CodecModule(L.LightningModule, ABC):
         aux = self.aux_loss()
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
         self.log("train/aux_loss", aux.detach())
-        self.log("train/psnr", psnr(out["x_hat"].detach(), batch))
+        if out.get("x_hat") is not None:  # methods may train without decoding an image
+            # "x": the training target when a method transforms its input (e.g. crops it)
+            self.log("train/psnr", psnr(out["x_hat"].detach(), out.get("x", batch)))
         return terms["loss"] + aux
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:

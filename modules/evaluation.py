@@ -1,8 +1,17 @@
 """The evaluation protocol: every image through compress -> bytes -> decompress, metrics on 8 bits.
 
-Writes into an output folder:
-    per_image.csv   one row per image (size, bytes, real and estimated bpp, metrics, seconds)
+`evaluate_point` evaluates one checkpoint on one image set, sharded over the ranks of a
+torch.distributed job (each image exactly once, no DistributedSampler padding) and resumable:
+every finished image is appended to `progress/rank<r>.jsonl` (its FID features next to it), and a
+re-run skips what is there. It writes into its folder:
+
+    per_image.csv   one row per image: size, bytes, real and estimated bpp, seconds, metrics
     results.json    CompressAI's format: {"name", "description", "results": {metric: [mean]}}
+    meta.json       what produced the results (checkpoint, decoding options, metrics)
+    progress/       resume state;  outputs/  bitstreams and reconstructions (save_outputs)
+
+`write_curve` merges the points of a rate sweep into one CompressAI results.json (one entry per
+checkpoint) and `write_summary` renders every dataset × point as a Markdown table.
 """
 
 from __future__ import annotations
@@ -10,34 +19,102 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import platform
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import Dataset
 from torchvision.utils import save_image
+from tqdm import tqdm
 
 from modules.base import CodecModule
-from modules.metrics import FULL_REFERENCE, quantize_8bit
+from modules.metrics import MetricSuite, fid_kid, quantize_8bit
+from modules.utils import ConfigError
 
 #: per-image columns before the metric columns
 BASE_COLUMNS = ("name", "height", "width", "bytes", "bpp", "bpp_est", "encode_s", "decode_s")
-#: results.json keys of the per-image columns (CompressAI's names where it has one)
+#: results.json keys (CompressAI's names where it has one; other metrics keep theirs, "-" for "_")
 RESULT_KEYS = {
-    "bpp": "bpp",
     "bpp_est": "bpp_est",
     "psnr": "psnr-rgb",
     "ms_ssim": "ms-ssim-rgb",
+    "ssim": "ssim-rgb",
     "encode_s": "encoding_time",
     "decode_s": "decoding_time",
 }
+#: columns that depend on the machine's load, not on the codec (excluded from equality checks)
+TIMING_COLUMNS = ("encode_s", "decode_s")
 
 
+def result_key(column: str) -> str:
+    """results.json key of a per-image column."""
+    return RESULT_KEYS.get(column, column.replace("_", "-"))
+
+
+# ---------------------------------------------------------------------------- distribution
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the current torch.distributed job, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> torch.device:
+    """Join the process group of a torchrun/srun launch (NCCL on GPUs, gloo on CPU) and return
+    this rank's device; a plain `python eval.py` stays a single process."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu" if device == "auto" else device)
+
+
+def _barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (all_gather_object; [obj] without a process group)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [obj]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if rank_and_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------- one image
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the device that timed the coding."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def code_image(codec: CodecModule, image: Tensor) -> tuple[bytes, Tensor, dict[str, float]]:
@@ -65,53 +142,235 @@ def code_image(codec: CodecModule, image: Tensor) -> tuple[bytes, Tensor, dict[s
     return data, decoded, row
 
 
-def evaluate_codec(
+def evaluate_image(
+    codec: CodecModule, item: dict[str, Any], metrics: MetricSuite
+) -> tuple[dict[str, Any], Tensor, bytes, tuple[Tensor, Tensor] | None]:
+    """One image through the real codec -> (row, 8-bit reconstruction, bytes, FID features)."""
+    data, decoded, row = code_image(codec, item["image"])
+    original = item["image"].unsqueeze(0).float().to(decoded.device)
+    decoded_8bit = quantize_8bit(decoded)
+    row = {"name": item["name"], **row, **metrics(decoded_8bit, original)}
+    features = metrics.patch_features(decoded_8bit, original) if metrics.fid else None
+    if features is not None:
+        row["patches"] = features[0].shape[0]
+    return row, decoded_8bit, data, features
+
+
+def mean(values: Sequence[float]) -> float:
+    """Mean over the finite-or-inf values, ignoring NaN (metrics an image is too small for)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+# ---------------------------------------------------------------------------- one point
+def _read_progress(progress_dir: Path) -> dict[int, dict[str, Any]]:
+    """Rows of finished images by index; a line cut short by a kill is ignored (redone)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for path in sorted(progress_dir.glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row.pop("index")] = row
+    return rows
+
+
+def _check_meta(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
+    """Refuse to mix results of another checkpoint or other settings into `out_dir`."""
+    path = out_dir / "meta.json"
+    if path.is_file() and resume:
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in meta.keys() | old.keys() if meta.get(k) != old.get(k))
+        if changed:
+            raise ConfigError(
+                f"{out_dir} holds results of other settings ({', '.join(changed)} differ); "
+                "evaluate into another run_name, or pass resume=false to start it over"
+            )
+    elif path.is_file():  # resume=false: start over
+        shutil.rmtree(out_dir / "progress", ignore_errors=True)
+    path.write_text(json.dumps(meta, indent=2))
+
+
+def _json_number(value: float) -> float | None:
+    """JSON has no NaN: a metric that could not be computed is null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def summarize_rows(
+    rows: list[dict[str, Any]],
+    columns: Sequence[str],
+    features: list[tuple[Tensor, Tensor]] | None,
+    fid_min_patches: int,
+    kid_subset_size: int = 1000,
+) -> tuple[dict[str, float | None], str]:
+    """Per-dataset means of the per-image columns (CompressAI keys), plus FID/KID over all
+    patches when there are at least `fid_min_patches`; returns (results, note)."""
+    results = {result_key(c): _json_number(mean([r[c] for r in rows])) for c in columns}
+    note = ""
+    if features is not None:
+        real = torch.cat([f[0] for f in features])
+        fake = torch.cat([f[1] for f in features])
+        if real.shape[0] >= fid_min_patches:
+            scores = fid_kid(real.double(), fake.double(), kid_subset_size=kid_subset_size)
+            results.update({k: float(v) for k, v in scores.items()})
+            note = f"FID/KID on {real.shape[0]} patches of 256²"
+        else:
+            results.update({"fid": None, "kid": None})
+            note = f"FID/KID not reported: {real.shape[0]} patches < {fid_min_patches}"
+    return results, note
+
+
+def evaluate_point(
     codec: CodecModule,
-    images: Iterable[dict[str, Any] | None],
+    images: Dataset,
+    metrics: MetricSuite,
     out_dir: Path,
     name: str,
     description: str,
+    meta: dict[str, Any] | None = None,
     save_outputs: bool = False,
+    resume: bool = True,
+    fid_min_patches: int = 1000,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate `codec` on `images` ({"name", "image": uint8 3×H×W}; None = skipped file).
+    """Evaluate `codec` on every image of `images` ({"name", "image": uint8 3×H×W} or None for
+    an unreadable file) on all ranks; returns the results.json content on every rank."""
+    rank, world = rank_and_world()
+    progress_dir = out_dir / "progress"
+    features_dir = progress_dir / "features"
+    meta = {
+        **(meta or {}),
+        "metrics": metrics.names,
+        "fid": metrics.fid,
+        "untrained_backbones": metrics.untrained,
+        "decoding": codec.decoding,
+    }
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_meta(out_dir, meta, resume)
+        features_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    done = _read_progress(progress_dir)
+    _barrier()  # every rank has read the same state before anyone appends to it
 
-    Returns the results.json content; also writes per_image.csv (and, with `save_outputs`,
-    every bitstream and reconstruction) into `out_dir`.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for item in images:
-        if item is None:
-            continue
-        data, decoded, row = code_image(codec, item["image"])
-        original = item["image"].unsqueeze(0).float().to(decoded.device)
-        decoded_8bit = quantize_8bit(decoded)
-        row.update({key: fn(decoded_8bit, original) for key, fn in FULL_REFERENCE.items()})
-        rows.append({"name": item["name"], **row})
-        if save_outputs:
-            stem = out_dir / "outputs" / item["name"]
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            stem.with_suffix(".bin").write_bytes(data)
-            save_image(decoded_8bit / 255, stem.with_suffix(".png"))
-    if not rows:
+    todo = [i for i in range(len(images)) if i not in done][rank::world]
+    new_rows: dict[int, dict[str, Any]] = {}
+    dataset = description.split(";")[0]
+    bar = tqdm(todo, desc=f"{name} | {dataset}", disable=not progress or rank != 0)
+    with open(progress_dir / f"rank{rank}.jsonl", "a") as log:
+        for index in bar:
+            item = images[index]
+            if item is None:
+                continue
+            row, decoded_8bit, data, features = evaluate_image(codec, item, metrics)
+            if features is not None:  # written first: a logged row always has its features
+                torch.save([f.float() for f in features], features_dir / f"{index}.pt")
+            if save_outputs:
+                stem = out_dir / "outputs" / item["name"]
+                stem.parent.mkdir(parents=True, exist_ok=True)
+                stem.with_suffix(".bin").write_bytes(data)
+                save_image(decoded_8bit / 255, stem.with_suffix(".png"))
+            log.write(json.dumps({"index": index, **row}) + "\n")
+            log.flush()
+            new_rows[index] = row
+            bar.set_postfix(
+                bpp=f"{mean([r['bpp'] for r in new_rows.values()]):.4f}",
+                psnr=f"{mean([r['psnr'] for r in new_rows.values() if 'psnr' in r]):.2f}",
+            )
+
+    gathered = _gather(new_rows)
+    results = None
+    if rank == 0:
+        rows_by_index = dict(done)
+        for part in gathered:
+            rows_by_index.update(part)
+        results = _write_point(
+            rows_by_index, metrics, features_dir, out_dir, name, description, fid_min_patches
+        )
+        results["decoding"] = codec.decoding  # with the device in the description: complexity
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results = _broadcast(results)
+    _barrier()
+    return results
+
+
+def _write_point(
+    rows_by_index: dict[int, dict[str, Any]],
+    metrics: MetricSuite,
+    features_dir: Path,
+    out_dir: Path,
+    name: str,
+    description: str,
+    fid_min_patches: int,
+) -> dict[str, Any]:
+    """per_image.csv and the results of one point from the rows of all ranks (rank 0)."""
+    if not rows_by_index:
         raise FileNotFoundError(f"no readable images to evaluate for {description}")
-
-    columns = [*BASE_COLUMNS, *FULL_REFERENCE]
+    indices = sorted(rows_by_index)
+    rows = [rows_by_index[i] for i in indices]
+    columns = [*BASE_COLUMNS, *metrics.names] + (["patches"] if metrics.fid else [])
     with open(out_dir / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-    def mean(key: str) -> float:
-        values = [r[key] for r in rows if not math.isnan(r[key])]
-        return sum(values) / len(values) if values else math.nan
-
+    features = None
+    if metrics.fid:
+        features = [torch.load(features_dir / f"{i}.pt", weights_only=True) for i in indices]
+    averaged = [c for c in columns if c not in ("name", "height", "width", "bytes", "patches")]
+    values, note = summarize_rows(rows, averaged, features, fid_min_patches)
     results = {
         "name": name,
-        "description": f"{description}; {len(rows)} images; real bitstreams (compress/decompress)",
-        "results": {
-            RESULT_KEYS.get(k, k): [mean(k)] for k in columns if k not in BASE_COLUMNS[:4]
-        },
+        "description": "; ".join(
+            filter(None, [description, f"{len(rows)} images", "real bitstreams", note])
+        ),
+        "results": {k: [v] for k, v in values.items()},
+        "untrained_backbones": [result_key(m) for m in metrics.untrained],
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+# ---------------------------------------------------------------------------- curves, summary
+def write_curve(
+    path: Path, name: str, dataset: str, points: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """One CompressAI results.json for a rate sweep: per metric, one value per checkpoint,
+    ordered by bpp (`points` = [(checkpoint label, point results)])."""
+    points = sorted(points, key=lambda p: p[1]["results"]["bpp"][0])
+    keys = list(dict.fromkeys(k for _, p in points for k in p["results"]))
+    curve = {
+        "name": name,
+        "description": f"{dataset}; real bitstreams; one entry per checkpoint",
+        "dataset": dataset,
+        "checkpoints": [label for label, _ in points],
+        "results": {k: [p["results"].get(k, [None])[0] for _, p in points] for k in keys},
+        "untrained_backbones": sorted({u for _, p in points for u in p["untrained_backbones"]}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(curve, indent=2))
+    return curve
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def write_summary(path: Path, curves: dict[str, dict[str, Any]], device: str) -> str:
+    """Markdown table per dataset: one row per checkpoint, one column per result key."""
+    lines = [f"# Evaluation summary\n\nReal bitstreams; timings on {device}.\n"]
+    for dataset, curve in curves.items():
+        keys = list(curve["results"])
+        lines += [f"## {dataset}\n", "| checkpoint | " + " | ".join(keys) + " |"]
+        lines.append("|---" * (len(keys) + 1) + "|")
+        for i, label in enumerate(curve["checkpoints"]):
+            cells = [_format(curve["results"][k][i]) for k in keys]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if curve["untrained_backbones"]:
+            untrained = ", ".join(curve["untrained_backbones"])
+            lines.append(f"\n**Untrained backbones (not real numbers): {untrained}.**")
+        lines.append("")
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text

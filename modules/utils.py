@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import glob
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,42 @@ def experiment_name_of(ckpt_path: str) -> str:
     return Path(ckpt_path).stem
 
 
+def expand_checkpoints(ckpt_path: str | Sequence[str]) -> list[str]:
+    """Checkpoint files of `ckpt_path`: a path, a glob, or a list of them (in the given order,
+    each glob sorted); a pattern that matches nothing is an error naming it."""
+    patterns = [ckpt_path] if isinstance(ckpt_path, str) else list(ckpt_path)
+    paths: list[str] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no checkpoint matches {pattern}")
+            paths += matches
+        elif Path(pattern).is_file():
+            paths.append(pattern)
+        else:
+            raise FileNotFoundError(f"checkpoint not found: {pattern}")
+    return list(dict.fromkeys(paths))
+
+
+def sweep_name(ckpt_path: str | Sequence[str]) -> str:
+    """Name of the results of `ckpt_path`: the experiment name of its checkpoints, or for a
+    sweep of several experiments (rdeic_l2, rdeic_l1, ...) their common stem (rdeic)."""
+    try:
+        names = sorted({experiment_name_of(p) for p in expand_checkpoints(ckpt_path)})
+    except FileNotFoundError:  # reported by eval.py itself, with the context
+        names = [Path(str(ckpt_path)).stem]
+    if len(names) == 1:
+        return names[0]
+    # drop the rate parameter: "rdeic_l" -> "rdeic", "cdc_x_rho0_b0.00" -> "cdc_x_rho0"
+    stem = re.sub(r"[_\-.]*[a-z]{0,6}[\d.]*$", "", os.path.commonprefix(names))  # noqa: RUF071 (names, not paths)
+    return stem or "sweep"
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by the configs (idempotent)."""
-    for name, fn in {"run_id": run_id, "eval_name": experiment_name_of}.items():
+    resolvers = {"run_id": run_id, "eval_name": sweep_name, "sum": lambda *xs: sum(xs)}
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
 

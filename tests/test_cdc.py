@@ -142,11 +142,13 @@ def test_eval_decoding_options_reach_the_stream(tmp_path):
         "+data.test.limit=1",
         "decoding={steps: 5, gamma: 0.5}",
         "save_outputs=true",
+        "metrics=basic",
         f"paths.log_dir={tmp_path}",
-        "run_name=e",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    stream = (tmp_path / "eval" / "cdc_x_warmup" / "e" / "outputs" / "astronaut.bin").read_bytes()
+    (path,) = (tmp_path / "eval" / "cdc_x_warmup").rglob("outputs/astronaut.bin")
+    assert path.parent.parent.name == "cdc_x_warmup-last-gamma=0.5,steps=5"
+    stream = path.read_bytes()
     assert struct.unpack("<HeI", Bitstream.from_bytes(stream).side) == (5, 0.5, 0)
 
 

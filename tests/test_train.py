@@ -43,6 +43,12 @@ def test_smoke_run_trains_and_evaluates(smoke_run: Path):
     assert {"train/loss", "train/bpp", "val/loss", "lr/main", "lr/aux"} <= set(
         events.Tags()["scalars"]
     )
+    # the RD callback coded its images through real bitstreams at steps 3 and 6
+    assert [e.step for e in events.Scalars("rd/bpp")] == [3, 6]
+    assert {"rd/psnr", "rd/lpips_alex", "rd/objective"} <= set(events.Tags()["scalars"])
+    assert "rd/original_decoded" in events.Tags()["images"]
+    best = torch.load(smoke_run / "checkpoints" / "best_rd.ckpt", weights_only=False)
+    assert best["global_step"] in (3, 6)
     results = json.loads((smoke_run / "eval" / "sample" / "results.json").read_text())
     assert results["name"] == "elic_l0.032"
     rows = (smoke_run / "eval" / "sample" / "per_image.csv").read_text().splitlines()
@@ -142,3 +148,6 @@ def test_two_process_ddp_fit_on_gloo(tmp_path):
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 4
     assert (runs[0] / "eval" / "sample" / "results.json").is_file()
+    # both ranks evaluated (sharded) and logged the same RD means
+    metrics = (runs[0] / "csv").rglob("metrics.csv")
+    assert any("rd/bpp" in path.read_text().splitlines()[0] for path in metrics)

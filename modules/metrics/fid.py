@@ -104,11 +104,15 @@ def fid_kid(
         return {"fid": math.nan, "kid": math.nan}
     real, fake = real.detach().cpu().double(), fake.detach().cpu().double()
     given = _GivenFeatures(real.shape[1])
-    fid = FrechetInceptionDistance(feature=given)
+    # the features are already gathered from every rank: no torchmetrics sync (one rank computes)
+    fid = FrechetInceptionDistance(feature=given, sync_on_compute=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save")
         kid = KernelInceptionDistance(
-            feature=given, subsets=kid_subsets, subset_size=min(kid_subset_size, count)
+            feature=given,
+            subsets=kid_subsets,
+            subset_size=min(kid_subset_size, count),
+            sync_on_compute=False,
         )
     for metric in (fid, kid):
         metric.update(real, real=True)
