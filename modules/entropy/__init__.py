@@ -4,6 +4,7 @@ from .bitstream import METHOD_IDS, Bitstream, BitstreamError, fingerprint
 from .hyperprior import HyperpriorCodec, mean_scale_hyperprior
 from .precision import entropy_fp32
 from .space_channel import SpaceChannelContextCodec
+from .vector_quantizer import VectorQuantizer
 
 __all__ = [
     "METHOD_IDS",
@@ -11,6 +12,7 @@ __all__ = [
     "BitstreamError",
     "HyperpriorCodec",
     "SpaceChannelContextCodec",
+    "VectorQuantizer",
     "entropy_fp32",
     "fingerprint",
     "mean_scale_hyperprior",
