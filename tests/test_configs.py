@@ -29,7 +29,7 @@ def test_experiment_composes(experiment, tmp_path):
     # the smoke preset shrinks the networks but keeps everything else, e.g. the rate point
     shrunk = OmegaConf.load(CONFIGS / "debug" / "model" / "smoke" / f"{model_name(cfg)}.yaml")
     for key, value in cfg.model.items():
-        if key not in shrunk:
+        if key not in shrunk and key != "backbone":  # debug=smoke also swaps in tiny_sd
             assert smoke.model[key] == value, key
     model = hydra.utils.instantiate(smoke.model)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 5_000_000
