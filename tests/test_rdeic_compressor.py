@@ -438,7 +438,8 @@ def test_plain_spatial_context_equals_checkerboard_masked_conv():
     masked = []
     for conv in codec.spatial_context:
         m = CheckerboardMaskedConv2d(conv.in_channels, conv.out_channels, 5, padding=2)
-        m.load_state_dict(conv.state_dict(), strict=False)
+        result = m.load_state_dict(conv.state_dict(), strict=False)
+        assert result.missing_keys == ["mask"] and not result.unexpected_keys  # only the mask
         masked.append(m)
     codec.spatial_context = torch.nn.ModuleList(masked)
     out = codec(y, params)
