@@ -20,11 +20,11 @@ from modules.evaluation import (
     device_name,
     evaluate_point,
     init_distributed,
+    metric_suite,
     rank_and_world,
     write_curve,
     write_summary,
 )
-from modules.metrics import MetricSuite
 from modules.utils import (
     ConfigError,
     expand_checkpoints,
@@ -70,13 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rank, world = rank_and_world()
     decoding = OmegaConf.to_container(cfg.decoding) if cfg.decoding else {}
     out_dir = Path(cfg.paths.output_dir)
-    metrics = MetricSuite(
-        names=cfg.metrics.names,
-        fid=cfg.metrics.fid,
-        weights_dir=cfg.metrics.weights_dir,
-        pretrained=cfg.metrics.pretrained,
-        device=device,
-    )
+    metrics = metric_suite(cfg.metrics, device)
     sets = [hydra.utils.instantiate(c, _convert_="all") for c in dataset_configs(cfg)]
     points: dict[str, list[tuple[str, dict[str, Any]]]] = {d.test_name: [] for d in sets}
     hardware = f"{world} × {device_name(device)}"

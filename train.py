@@ -10,8 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from modules.evaluation import evaluate_point
-from modules.metrics import MetricSuite
+from modules.evaluation import evaluate_point, metric_suite
 from modules.utils import (
     init_weights,
     instantiate_group,
@@ -40,18 +39,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=instantiate_group(cfg.get("logger")) or False,
     )
     log_hyperparameters(model, trainer, cfg)
-    # built before fitting, so that a missing metric weight file fails now, not after training
-    metrics_suite = MetricSuite(
-        names=cfg.metrics.names,
-        fid=cfg.metrics.fid,
-        weights_dir=cfg.metrics.weights_dir,
-        pretrained=cfg.metrics.pretrained,
-        device=trainer.strategy.root_device,
-    )
+    metrics_suite = None
+    if cfg.get("evaluate") and datamodule.hparams.test:
+        # built before fitting, so that a missing metric weight file fails now, not after training
+        metrics_suite = metric_suite(cfg.metrics, trainer.strategy.root_device)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    if cfg.get("evaluate") and datamodule.hparams.test:
+    if metrics_suite is not None:
         model.eval().update(force=True)
         results = evaluate_point(
             model,
@@ -60,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             Path(cfg.paths.output_dir) / "eval" / datamodule.test_name,
             name=cfg.experiment_name,
             description=datamodule.test_name,
+            meta={"dataset": datamodule.test_name},
             fid_min_patches=cfg.metrics.fid_min_patches,
             resume=False,
         )

@@ -13,7 +13,7 @@ from torchvision.utils import make_grid
 
 from datamodules import EvalImages, list_items
 from modules.base import CodecModule
-from modules.evaluation import evaluate_image, mean, rank_and_world
+from modules.evaluation import evaluate_image, gather_objects, mean, rank_and_world
 from modules.metrics import MetricSuite
 from modules.utils import ConfigError
 
@@ -81,7 +81,8 @@ class RateDistortionEvaluation(L.Callback):
         self._images = EvalImages(
             list_items(spec), spec.get("resize_short_side"), spec.get("center_crop")
         )
-        self._metrics = MetricSuite(**self.metric_options, device=pl_module.device)
+        # the strategy's device: the module is moved there only after setup
+        self._metrics = MetricSuite(**self.metric_options, device=trainer.strategy.root_device)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: CodecModule, *args: Any) -> None:
         step = trainer.global_step
@@ -115,10 +116,7 @@ class RateDistortionEvaluation(L.Callback):
             rows.append(row)
             if len(pairs) < 2 * self.num_grid_images:
                 pairs += [item["image"].float() / 255, decoded_8bit[0].cpu() / 255]
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
+        rows = [row for part in gather_objects(rows) for row in part]  # one all-gather
         if not rows:
             raise FileNotFoundError("RD evaluation: none of its images could be read")
         columns = ["bpp", "bpp_est", *self._metrics.names]

@@ -23,7 +23,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _gather(obj: Any) -> list[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """`obj` of every rank, in rank order (all_gather_object; [obj] without a process group)."""
     world = rank_and_world()[1]
     if world == 1:
@@ -154,6 +154,17 @@ def evaluate_image(
     if features is not None:
         row["patches"] = features[0].shape[0]
     return row, decoded_8bit, data, features
+
+
+def metric_suite(options: Mapping[str, Any], device: torch.device | str) -> MetricSuite:
+    """The metric networks of a `metrics` config group (configs/metrics/*.yaml) on `device`."""
+    return MetricSuite(
+        names=options["names"],
+        fid=options["fid"],
+        weights_dir=options["weights_dir"],
+        pretrained=options["pretrained"],
+        device=device,
+    )
 
 
 def mean(values: Sequence[float]) -> float:
@@ -256,8 +267,8 @@ def evaluate_point(
 
     todo = [i for i in range(len(images)) if i not in done][rank::world]
     new_rows: dict[int, dict[str, Any]] = {}
-    dataset = description.split(";")[0]
-    bar = tqdm(todo, desc=f"{name} | {dataset}", disable=not progress or rank != 0)
+    label = f"{name} | {meta.get('dataset', description)}"
+    bar = tqdm(todo, desc=label, disable=not progress or rank != 0)
     with open(progress_dir / f"rank{rank}.jsonl", "a") as log:
         for index in bar:
             item = images[index]
@@ -279,7 +290,7 @@ def evaluate_point(
                 psnr=f"{mean([r['psnr'] for r in new_rows.values() if 'psnr' in r]):.2f}",
             )
 
-    gathered = _gather(new_rows)
+    gathered = gather_objects(new_rows)
     results = None
     if rank == 0:
         rows_by_index = dict(done)

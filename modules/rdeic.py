@@ -194,43 +194,41 @@ class RDEICModule(CodecModule):
             )
         return eps.float()
 
-    def _sample(
+    def _decode(
         self,
         z_c: Tensor,
         hint: Tensor,
         steps: int,
-        guidance: float,
-        generator: torch.Generator | None,
+        guidance: float = 1.0,
+        seed: int | None = None,
         grad: bool = False,
     ) -> Tensor:
-        """Relay start at `relay_step`, then the respaced DDPM sampler -> ẑ0."""
+        """Relay start at `relay_step`, the respaced DDPM sampler and the frozen VAE decoder ->
+        image in [0, 1]. Noise from `seed` (decoding) or the global generator (training);
+        `grad`: stage 2, with gradient checkpointing of every UNet pass and of the VAE."""
+        generator = None if seed is None else torch.Generator(z_c.device).manual_seed(seed)
         noise = torch.randn(z_c.shape, device=z_c.device, generator=generator)
         z_start = relay_start(z_c, noise, self.backbone.alphas_cumprod, self.hparams.relay_step)
         timesteps = respaced_timesteps(steps, self.hparams.relay_step + 1)
+        checkpointed = grad and self.hparams.gradient_checkpointing
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
-            if grad and self.hparams.gradient_checkpointing:
+            if checkpointed:
                 return checkpoint(
                     self._noise_prediction, z_t, t, hint, guidance, use_reentrant=False
                 )
             return self._noise_prediction(z_t, t, hint, guidance)
 
-        return respaced_ddpm_sample(
-            denoise, z_start, self.backbone.alphas_cumprod, timesteps, generator=generator
-        )
-
-    def _decode_latent(self, z0_hat: Tensor, grad: bool = False) -> Tensor:
-        """Frozen VAE decoder -> image in [0, 1] (with gradients in stage 2)."""
-
-        def decode(z: Tensor) -> Tensor:
+        def vae_decode(z: Tensor) -> Tensor:
             with self._frozen_autocast():
                 return self.backbone.decode(z).float()
 
-        if grad and self.hparams.gradient_checkpointing:
-            image = checkpoint(decode, z0_hat, use_reentrant=False)
-        else:
-            image = decode(z0_hat)
-        return (image + 1) / 2
+        z0_hat = respaced_ddpm_sample(
+            denoise, z_start, self.backbone.alphas_cumprod, timesteps, generator=generator
+        )
+        if checkpointed:
+            return (checkpoint(vae_decode, z0_hat, use_reentrant=False) + 1) / 2
+        return (vae_decode(z0_hat) + 1) / 2
 
     # ------------------------------------------------------------------ training
     def forward(self, x: Tensor) -> dict[str, Any]:
@@ -245,24 +243,13 @@ class RDEICModule(CodecModule):
             "z_c": coded["z_c"],
             "likelihoods": coded["likelihoods"],
             "vq_loss": coded["vq_loss"],
-            "vq_bits": coded["vq_bits"],
         }
         if not self.training:
-            generator = torch.Generator(x.device).manual_seed(self.decoding["seed"])
-            z0_hat = self._sample(
-                coded["z_c"],
-                coded["hint"],
-                self.decoding["steps"],
-                self.decoding["guidance"],
-                generator,
-            )
-            return {**out, "x_hat": self._decode_latent(z0_hat)}
+            return {**out, "x_hat": self._decode(coded["z_c"], coded["hint"], **self.decoding)}
         if self.stage == 1:
             return {**out, **self._relay_step(z0, coded["z_c"], coded["hint"]), "x_hat": None}
-        z0_hat = self._sample(
-            coded["z_c"], coded["hint"], self.hparams.fixed_steps, 1.0, None, grad=True
-        )
-        return {**out, "x_hat": self._decode_latent(z0_hat, grad=True)}
+        x_hat = self._decode(coded["z_c"], coded["hint"], self.hparams.fixed_steps, grad=True)
+        return {**out, "x_hat": x_hat}
 
     def _relay_step(
         self, z0: Tensor, z_c: Tensor, hint: Tensor, generator: torch.Generator | None = None
@@ -276,29 +263,20 @@ class RDEICModule(CodecModule):
         z_t = q_sample(z0, relay_noise(noise, z_c, z0, self.relay), alpha)
         return {"z0_hat": x0_from_eps(z_t, self._noise_prediction(z_t, t, hint), alpha)}
 
-    def estimate_bpp(self, x: Tensor) -> Tensor:
-        """Estimated rate of y plus the exact cost of the VQ indices (original pixels)."""
-        height, width = x.shape[-2:]
-        with self._coding_mode():
-            padded = pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple)
-            coded = self.compressor(self._encode(padded)[0])
-        pixels = x.shape[0] * height * width
-        return bits_per_pixel(coded["likelihoods"], pixels) + coded["vq_bits"] / pixels
+    def likelihoods(self, x: Tensor) -> dict[str, Tensor]:
+        """Likelihoods of y and of the VQ indices, without running the diffusion decoder."""
+        return self.compressor(self._encode(x)[0])["likelihoods"]
 
     def rd_loss(self, out: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
-        """The stage's loss; bpp reported with the VQ index cost (constant: not trained on)."""
+        """The stage's loss. bpp includes the VQ indices, whose cost has no gradient: the loss
+        trains as the official one on y's rate alone."""
         x = out["x"]
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
-        bpp_y = bits_per_pixel(out["likelihoods"], pixels)
+        bpp = bits_per_pixel(out["likelihoods"], pixels)
         guide = F.mse_loss(out["z_c"].float(), out["z0"])
         lmbda = self.lmbda
-        terms = {
-            "bpp": bpp_y + out["vq_bits"] / pixels,
-            "bpp_y": bpp_y,
-            "vq_loss": out["vq_loss"],
-            "guide": guide,
-        }
-        loss = bpp_y + out["vq_loss"] + lmbda * guide
+        terms = {"bpp": bpp, "vq_loss": out["vq_loss"], "guide": guide}
+        loss = bpp + out["vq_loss"] + lmbda * guide
         if "z0_hat" in out:  # stage 1
             terms["latent_mse"] = F.mse_loss(out["z0_hat"], out["z0"])
             loss = loss + lmbda * terms["latent_mse"]
@@ -318,15 +296,9 @@ class RDEICModule(CodecModule):
         relay = self._relay_step(z0, coded["z_c"], coded["hint"], generator)
         out = {"x": x, "z0": z0, **coded, **relay}
         terms = self.rd_loss(out, x)
-        z0_hat = self._sample(
-            coded["z_c"],
-            coded["hint"],
-            self.decoding["steps"],
-            self.decoding["guidance"],
-            torch.Generator(x.device).manual_seed(self.decoding["seed"]),
-        )
+        x_hat = self._decode(coded["z_c"], coded["hint"], **self.decoding)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
-        self.log("val/psnr", psnr(self._decode_latent(z0_hat), x), sync_dist=True, prog_bar=True)
+        self.log("val/psnr", psnr(x_hat, x), sync_dist=True, prog_bar=True)
 
     # ------------------------------------------------------------------ coding
     def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
@@ -346,18 +318,15 @@ class RDEICModule(CodecModule):
             raise BitstreamError(f"invalid RDEIC decoding settings: {exc}") from exc
         height, width = size
         coded = self.compressor.decompress([[s] for s in strings], (height // 64, width // 64))
-        generator = torch.Generator(self.device).manual_seed(seed)
-        z0_hat = self._sample(coded["z_c"], coded["hint"], steps, guidance, generator)
-        return self._decode_latent(z0_hat)
+        return self._decode(coded["z_c"], coded["hint"], steps, guidance, seed)
 
 
 def _random_crop(x: Tensor, size: int) -> Tensor:
     """A random `size`² crop per image of a batch (stage 2's crops)."""
     height, width = x.shape[-2:]
-    if height <= size and width <= size:
-        return x
-    tops = torch.randint(0, height - size + 1, (x.shape[0],)).tolist()
-    lefts = torch.randint(0, width - size + 1, (x.shape[0],)).tolist()
+    size_h, size_w = min(size, height), min(size, width)
+    tops = torch.randint(0, height - size_h + 1, (x.shape[0],)).tolist()
+    lefts = torch.randint(0, width - size_w + 1, (x.shape[0],)).tolist()
     return torch.stack(
-        [img[:, t : t + size, s : s + size] for img, t, s in zip(x, tops, lefts, strict=True)]
+        [img[:, t : t + size_h, s : s + size_w] for img, t, s in zip(x, tops, lefts, strict=True)]
     )

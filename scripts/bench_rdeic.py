@@ -74,7 +74,8 @@ def diffeic_style_decode(codec: RDEICModule, data: bytes, steps: int = 50) -> to
             timesteps,
             generator=generator,
         )
-        return codec._decode_latent(z0)
+        with codec._frozen_autocast():
+            return (codec.backbone.decode(z0).float() + 1) / 2
 
 
 def train_step(codec: RDEICModule, optimizer, x: torch.Tensor, stage: int, bf16: bool) -> None:

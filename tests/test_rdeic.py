@@ -90,7 +90,7 @@ def test_stage2_gradient_reaches_codec_through_sampler_and_vae(monkeypatch):
     )
 
 
-def test_checkpoint_state_holds_no_backbone_or_lpips(monkeypatch):
+def test_checkpoint_state_holds_no_backbone_or_lpips():
     model = tiny_rdeic()
     model.setup("fit")
     checkpoint = {"state_dict": model.state_dict()}

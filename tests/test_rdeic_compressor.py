@@ -364,7 +364,8 @@ def test_shapes():
     assert out["z_c"].shape == (2, 4, 16, 16)
     assert out["likelihoods"]["y"].shape == (2, 32, 8, 8)
     assert out["indices"].shape == (2, 2, 2) and out["vq_loss"].dim() == 0
-    assert out["vq_bits"].item() == 2 * 4 * 6
+    assert out["likelihoods"]["z"].shape == (2, 1, 2, 2)
+    assert -torch.log2(out["likelihoods"]["z"]).sum().item() == 2 * 4 * 6  # 6 bits per index
     assert model.latent_codec.anchor_parity == "odd"
     with pytest.raises(ValueError, match="multiples of 8"):
         model(torch.randn(1, 16, 12, 16))
@@ -386,7 +387,7 @@ def test_decompress_equals_eval_forward_bit_for_bit(prior):
         assert torch.equal(coded[key], forward[key]), key
     if prior == "uniform":
         assert [len(s) for s in z_strings] == [math.ceil(6 * 6 / 8)] * 2
-        assert forward["vq_bits"].item() == 2 * 6 * 6
+        assert -torch.log2(forward["likelihoods"]["z"]).sum().item() == 2 * 6 * 6
 
 
 def test_usage_prior_spends_fewer_bits_after_skewed_training():
@@ -397,7 +398,7 @@ def test_usage_prior_spends_fewer_bits_after_skewed_training():
     assert -(usage * torch.log2(usage.clamp_min(1e-12))).sum() < 4
     with torch.no_grad():
         out = model(feature)
-    assert out["vq_bits"] < 0.7 * 2 * 4 * 6
+    assert -torch.log2(out["likelihoods"]["z"]).sum() < 0.7 * 2 * 4 * 6
 
 
 @pytest.mark.parametrize("prior", ["uniform", "usage"])

@@ -161,20 +161,19 @@ class VectorQuantizer(nn.Module):
         counts = _quantize_pmf(np.append(pmf, 0.0), RANS_PRECISION)
         self.cdf.copy_(torch.from_numpy(np.concatenate(([0], np.cumsum(counts)))))
 
-    def bits(self, indices: Tensor) -> Tensor:
-        """Bits the coder spends on ``indices`` (B×H×W), per batch item (fp32, no gradient).
-
-        Uniform prior: exactly ``ceil(log2 K)`` per index (the string is that rounded up to
-        whole bytes). Usage prior: ``−log2`` of the quantised probabilities, the rANS cost
-        without its constant 8-byte final state.
+    def likelihoods(self, indices: Tensor) -> Tensor:
+        """Probability the coder assigns to each index (B×1×H×W, fp32, no gradient), so that
+        −log2 is its cost: 2^−ceil(log2 K) under the uniform prior (fixed-length code), the
+        quantised frequency under the usage prior (the rANS cost without its 8-byte final state).
         """
-        indices = indices.flatten(1)
         if self.prior == "uniform":
-            bits = float(indices.shape[1] * self.index_bits)
-            return torch.full((indices.shape[0],), bits, device=indices.device)
-        frequencies = (self.cdf[1:-1] - self.cdf[:-2]).float()
-        information = RANS_PRECISION - torch.log2(frequencies)
-        return information[indices].sum(dim=1)
+            return torch.full_like(indices, 2.0**-self.index_bits, dtype=torch.float32)[:, None]
+        frequencies = (self.cdf[1:-1] - self.cdf[:-2]).float() / 2**RANS_PRECISION
+        return frequencies[indices][:, None]
+
+    def bits(self, indices: Tensor) -> Tensor:
+        """Bits the coder spends on ``indices`` (B×H×W), per batch item (fp32, no gradient)."""
+        return -torch.log2(self.likelihoods(indices)).flatten(1).sum(dim=1)
 
     def compress(self, indices: Tensor) -> list[bytes]:
         """Code ``indices`` (B×H×W) into one string per batch item."""

@@ -94,8 +94,9 @@ class RDEICCompressor(nn.Module):
     shared by both passes, as in CompressAI, with a zero spatial context for anchors; so the
     official entropy-parameter weights do not map onto this model one to one.
 
-    Only y is in ``likelihoods`` (the VQ cost is constant and outside the loss, as in the
-    official code); ``vq_bits`` reports the bits of the indices for the bpp.
+    ``likelihoods`` holds y's and, as "z", the VQ coder's probability of each index: the index
+    cost carries no gradient, so a loss on all likelihoods trains exactly as the official loss
+    on y alone, while the reported bpp counts the indices.
     """
 
     def __init__(
@@ -170,9 +171,8 @@ class RDEICCompressor(nn.Module):
         return {
             "hint": hint,
             "z_c": self.out(hint),
-            "likelihoods": out["likelihoods"],
+            "likelihoods": {**out["likelihoods"], "z": self.vq.likelihoods(vq["indices"])},
             "vq_loss": vq["loss"],
-            "vq_bits": self.vq.bits(vq["indices"]).sum(),
             "indices": vq["indices"],
         }
 
