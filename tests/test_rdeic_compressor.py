@@ -482,3 +482,33 @@ def test_full_size_parameter_counts_match_closed_form():
     assert n_params(model.latent_codec.channel_context) == channel_ctx
     assert abs(channel_ctx / 1e6 - 11.5) < 0.06
     assert n_params(model.out) == conv(3, 256, 4)
+
+
+def test_resampling_blocks_use_the_official_activation_slopes():
+    """RBS and RBU apply LeakyReLU(0.01) then LeakyReLU(0.1) (official `res_blk.py`); written
+    out here with F.conv2d / F.leaky_relu, independently of the modules' own Sequential."""
+    import torch.nn.functional as F
+
+    from modules.nets.rdeic_compressor import StridedResidualBlock, SubpelResidualBlock
+
+    x = torch.randn(2, 8, 8, 8)
+    rbs = StridedResidualBlock(8, 6)
+    c1, c2 = rbs.body[0], rbs.body[2]
+    h = F.leaky_relu(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1), 0.01)
+    h = F.leaky_relu(F.conv2d(h, c2.weight, c2.bias, padding=1), 0.1)
+    skip = F.conv2d(x, rbs.skip.weight, rbs.skip.bias, stride=2)
+    torch.testing.assert_close(rbs(x), h + skip, rtol=0, atol=1e-6)
+
+    rbu = SubpelResidualBlock(8, 6)
+    c1, c2 = rbu.body[0], rbu.body[3]
+    h = F.leaky_relu(F.pixel_shuffle(F.conv2d(x, c1.weight, c1.bias), 2), 0.01)
+    h = F.leaky_relu(F.conv2d(h, c2.weight, c2.bias, padding=1), 0.1)
+    skip = F.pixel_shuffle(F.conv2d(x, rbu.skip[0].weight, rbu.skip[0].bias), 2)
+    torch.testing.assert_close(rbu(x), h + skip, rtol=0, atol=1e-6)
+
+    # the compressor has six of them (g_a 1 RBS, h_a 2 RBS, g_s 1 RBU, h_s 2 RBU)
+    model = tiny_compressor()
+    blocks = [
+        m for m in model.modules() if isinstance(m, StridedResidualBlock | SubpelResidualBlock)
+    ]
+    assert len(blocks) == 6

@@ -13,17 +13,21 @@ from modules.entropy.precision import entropy_fp32
 from modules.entropy.space_channel import SpaceChannelContextCodec
 from modules.entropy.vector_quantizer import VectorQuantizer
 
+#: negative slopes of the two activations of the strided and sub-pixel blocks (official RDEIC:
+#: PyTorch's default 0.01, then 0.1; the plain residual blocks use 0.01 twice)
+RESAMPLING_SLOPES = (0.01, 0.1)
+
 
 class StridedResidualBlock(nn.Module):
-    """RBS: conv3×3 (stride 2)–LeakyReLU–conv3×3–LeakyReLU plus a 1×1 stride-2 skip."""
+    """RBS: conv3×3 (stride 2)–LeakyReLU(0.01)–conv3×3–LeakyReLU(0.1), 1×1 stride-2 skip."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             conv3x3(in_ch, out_ch, stride=2),
-            nn.LeakyReLU(0.01),
+            nn.LeakyReLU(RESAMPLING_SLOPES[0]),
             conv3x3(out_ch, out_ch),
-            nn.LeakyReLU(0.01),
+            nn.LeakyReLU(RESAMPLING_SLOPES[1]),
         )
         self.skip = conv1x1(in_ch, out_ch, stride=2)
 
@@ -33,16 +37,16 @@ class StridedResidualBlock(nn.Module):
 
 class SubpelResidualBlock(nn.Module):
     """RBU: 2× sub-pixel upsampling (1×1 conv to 4·out, PixelShuffle) in the main and skip
-    paths; the main path continues LeakyReLU–conv3×3–LeakyReLU."""
+    paths; the main path continues LeakyReLU(0.01)–conv3×3–LeakyReLU(0.1)."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             conv1x1(in_ch, 4 * out_ch),
             nn.PixelShuffle(2),
-            nn.LeakyReLU(0.01),
+            nn.LeakyReLU(RESAMPLING_SLOPES[0]),
             conv3x3(out_ch, out_ch),
-            nn.LeakyReLU(0.01),
+            nn.LeakyReLU(RESAMPLING_SLOPES[1]),
         )
         self.skip = nn.Sequential(conv1x1(in_ch, 4 * out_ch), nn.PixelShuffle(2))
 
