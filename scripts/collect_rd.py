@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from modules.metrics.bd_rate import bd_rate, higher_is_better
+from modules.metrics.bd_rate import NonMonotoneCurveError, bd_rate, higher_is_better
 
 UNTRAINED_LABEL = " (untrained backbone)"
 #: dataset of the files that name none, unless --dataset says otherwise
@@ -191,14 +191,19 @@ def bd_rate_table(
                     *curves[anchor].points(metric),
                     *curve.points(metric),
                     higher_is_better=higher_is_better(metric) is not False,
+                    names=(curves[anchor].label, curve.label),
+                    metric=metric,
                 )
+            except NonMonotoneCurveError as exc:  # names its curve and metric; once per curve
+                row[metric] = None
+                reasons.append(str(exc))
             except ValueError as exc:
                 row[metric] = None
                 reasons.append(f"{curve.label} / {metric}: {exc}")
         available = [v for v in row.values() if v is not None]
         row["average"] = sum(available) / len(available) if available else None
         table[curve.label] = row
-    return table, reasons
+    return table, list(dict.fromkeys(reasons))
 
 
 def format_cell(value: float | None) -> str:

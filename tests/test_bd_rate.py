@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.metrics.bd_rate import bd_quality, bd_rate, higher_is_better
+from modules.metrics.bd_rate import NonMonotoneCurveError, bd_quality, bd_rate, higher_is_better
 from tests.conftest import ROOT, run_script
 
 RATE = [0.08, 0.15, 0.23, 0.45, 0.8]
@@ -52,7 +52,10 @@ def test_lower_is_better_sign():
     saving = bd_rate(RATE, LPIPS, RATE, better, higher_is_better=False)
     cost = bd_rate(RATE, LPIPS, RATE, worse, higher_is_better=False)
     assert saving < -1 and cost > 1
-    assert bd_rate(RATE, LPIPS, RATE, better) == pytest.approx(saving, abs=1e-12)
+    negated = bd_rate(RATE, [-v for v in LPIPS], RATE, [-v for v in better])
+    assert negated == pytest.approx(saving, abs=1e-12)
+    with pytest.raises(NonMonotoneCurveError):  # LPIPS taken as higher-is-better: dips
+        bd_rate(RATE, LPIPS, RATE, better)
 
 
 def test_log_rate_linear_in_quality_matches_analytic_integral():
@@ -104,12 +107,12 @@ def _hermite_integral(x: np.ndarray, y: np.ndarray, low: float, high: float) -> 
 
 
 def test_matches_hand_written_pchip():
-    # the overlap [30.5, 37.5] starts and ends on knots of both curves; the test curve is not
-    # monotone (a zero interior slope) and its first knot uses the end-point formula
+    # the overlap [30.5, 37.5] starts and ends on knots of both curves; the test curve's slopes
+    # vary strongly (a nearly flat stretch) and its first knot uses the end-point formula
     anchor_q = np.array([28.0, 30.5, 32.0, 35.0, 37.5])
     anchor_r = np.array([0.07, 0.16, 0.21, 0.52, 0.95])
     test_q = np.array([30.5, 32.0, 35.0, 37.5, 39.0])
-    test_r = np.array([0.1, 0.16, 0.15, 0.5, 0.9])
+    test_r = np.array([0.1, 0.16, 0.161, 0.5, 0.9])
     low, high = 30.5, 37.5
     mean = (
         _hermite_integral(test_q, np.log10(test_r), low, high)
@@ -117,6 +120,44 @@ def test_matches_hand_written_pchip():
     ) / (high - low)
     expected = 100 * (10**mean - 1)
     assert bd_rate(anchor_r, anchor_q, test_r, test_q) == pytest.approx(expected, abs=1e-9)
+
+
+def test_non_monotone_curve_is_refused_naming_the_curve_and_the_point():
+    """A dipping point made the old code return +0.04 %; the bjontegaard package refuses."""
+    dip = [27.9, 29.6, 31.0, 30.9, 35.2]  # the 4th point (bpp 0.45) is worse than the 3rd
+    with pytest.raises(NonMonotoneCurveError) as error:
+        bd_rate(RATE, PSNR, RATE, dip, names=("elic", "cdc"), metric="psnr-rgb")
+    assert str(error.value) == (
+        "cdc curve is not monotone in psnr-rgb: point 4 of 5 (bpp 0.45, psnr-rgb 30.9) is no "
+        "better than point 3 (bpp 0.23, psnr-rgb 31)"
+    )
+    with pytest.raises(NonMonotoneCurveError, match=r"anchor curve .* point 4 of 5"):
+        bd_rate(RATE, dip, RATE, PSNR)
+    # lower is better: LPIPS rising from bpp 0.15 to 0.23 is a dip, points in any order
+    order = [4, 2, 0, 1, 3]
+    lpips = [0.31, 0.22, 0.23, 0.11, 0.07]
+    with pytest.raises(
+        NonMonotoneCurveError,
+        match=r"point 2 of 5 \(bpp 0.23, quality 0.23\) is no better than point 4 \(bpp 0.15,",
+    ):
+        rate = [RATE[i] for i in order]
+        bd_rate(RATE, LPIPS, rate, [lpips[i] for i in order], higher_is_better=False)
+    with pytest.raises(NonMonotoneCurveError):
+        bd_quality(RATE, PSNR, RATE, dip)
+    assert bd_rate(RATE, LPIPS, RATE, LPIPS, higher_is_better=False) == 0.0  # monotone: fine
+
+
+def test_collect_rd_notes_a_non_monotone_curve_in_one_line(collect_rd, tmp_path, capsys):
+    _write(tmp_path / "a.json", {"name": "anchor", "results": {"bpp": RATE, "psnr-rgb": PSNR}})
+    dip = [27.9, 29.6, 31.0, 30.9, 35.2]
+    _write(tmp_path / "b.json", {"name": "dipping", "results": {"bpp": RATE, "psnr-rgb": dip}})
+    assert collect_rd.main([str(tmp_path / "*.json"), "--anchor=anchor", f"--out={tmp_path}"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "monotone" in line]
+    assert notes == [
+        "note: default: no BD-rate for dipping curve is not monotone in psnr-rgb: point 4 of 5 "
+        "(bpp 0.45, psnr-rgb 30.9) is no better than point 3 (bpp 0.23, psnr-rgb 31)"
+    ]
+    assert _read_csv(tmp_path / "bd_rate_default.csv")["dipping"]["psnr-rgb"] == ""
 
 
 def test_bd_quality_of_log_linear_curve():
@@ -132,7 +173,7 @@ def test_bd_quality_of_log_linear_curve():
     [
         ([30.0, 32.0], [33.0, 35.0], "do not overlap"),
         ([30.0], [30.0, 31.0], "at least 2 points"),
-        ([30.0, 30.0], [30.0, 31.0], "duplicate quality"),
+        ([30.0, 30.0], [30.0, 31.0], "not monotone in quality: point 2 of 2"),
         ([30.0, math.nan], [30.0, 31.0], "finite"),
     ],
 )
