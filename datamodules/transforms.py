@@ -67,8 +67,9 @@ def eval_preprocess(
 ) -> Tensor:
     """Evaluation protocol: optional short-side resize, then optional square centre crop.
 
-    ``resize_short_side=768, center_crop=768`` is the protocol used for Tecnick and CLIC2020
-    in RDEIC/CDC; None skips a step.
+    ``resize_short_side=768, center_crop=768`` is RDEIC's protocol for Tecnick and CLIC2020 and
+    CDC's for DIV2K; CDC resizes Tecnick to 512² (configs/data/*_768, tecnick_512). None skips
+    a step.
 
     Raises:
         ValueError: the (resized) image is smaller than the centre crop.

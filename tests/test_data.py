@@ -499,3 +499,21 @@ def test_kodak_config_with_data(tmp_path: Path) -> None:
         assert len(dm.eval_images()) == 24
     with pytest.raises(ValueError, match="no training images"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("name", "folder", "size", "side"),
+    [
+        ("tecnick_768", "tecnick", (1200, 1200), 768),  # RDEIC: short side 768, crop 768²
+        ("clic2020_768", "clic2020_test", (1000, 800), 768),
+        ("tecnick_512", "tecnick", (600, 600), 512),  # CDC: 600² resized to 512²
+        ("div2k_valid_768", "DIV2K/DIV2K_valid_HR", (800, 900), 768),  # CDC: as RDEIC's CLIC
+    ],
+)
+def test_paper_evaluation_presets(tmp_path: Path, name: str, folder: str, size, side) -> None:
+    save(tmp_path / folder / "a.png", size)
+    dm = instantiate(load_config(name, tmp_path).data)
+    assert dm.test_name == name  # its own results folder, apart from the full-size set
+    with pytest.warns(UserWarning, match="expected"):  # one image, not the whole set
+        (image,) = [item["image"] for item in dm.eval_images()]
+    assert image.shape[-2:] == (side, side)
