@@ -8,6 +8,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from modules.evaluation import evaluate_point, metric_suite
@@ -27,6 +28,8 @@ register_resolvers()
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model of `cfg` (resuming this run if it has a checkpoint), then evaluate it."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("accelerator") != "cpu":  # CPU runs keep strict fp32 matmuls
+        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     log.info(f"Run folder: {cfg.paths.output_dir}")
     # plain containers (not OmegaConf nodes) as hyper-parameters: checkpoints load weights-only
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")

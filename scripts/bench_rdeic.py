@@ -16,7 +16,6 @@ import resource
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,15 +77,14 @@ def diffeic_style_decode(codec: RDEICModule, data: bytes, steps: int = 50) -> to
             return (codec.backbone.decode(z0).float() + 1) / 2
 
 
-def train_step(codec: RDEICModule, optimizer, x: torch.Tensor, stage: int, bf16: bool) -> None:
-    """One optimisation step of `stage` (as Lightning's bf16-mixed precision would run it)."""
+def train_step(codec: RDEICModule, optimizer, x: torch.Tensor, stage: int) -> None:
+    """One optimisation step of `stage` as the fp32 trainer runs it (the module puts the frozen
+    SD networks under bf16 autocast on GPU itself)."""
     codec.hparams.initial_steps = 0
     codec.hparams.stage1_steps = 1 if stage == 1 else 0
     codec.train()
-    autocast = torch.autocast(x.device.type, torch.bfloat16) if bf16 else nullcontext()
-    with autocast:
-        out = codec(x)
-        loss = codec.rd_loss(out, x)["loss"]
+    out = codec(x)
+    loss = codec.rd_loss(out, x)["loss"]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -150,9 +148,7 @@ def main() -> None:
         batch = torch.rand(args.train_batch, 3, crop, crop, device=device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(
-            lambda b=batch, s=stage: train_step(codec, optimizer, b, s, bf16), device, 1
-        )
+        seconds = timed(lambda b=batch, s=stage: train_step(codec, optimizer, b, s), device, 1)
         label = f"stage {stage}" + (f" ({fixed_steps} steps, 256²)" if fixed_steps else " (512²)")
         print(f"{label:>24} {seconds:>8.3f} {peak_memory_gib(device):>9.2f}")
 

@@ -188,4 +188,5 @@ def test_trainer_presets_compose():
         assert cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
     slurm = compose_config("train", ["trainer=slurm"]).trainer
     assert slurm.strategy == "ddp" and slurm.plugins[0].auto_requeue
-    assert compose_config("train", ["trainer=gpu"]).trainer.precision == "bf16-mixed"
+    # fp32 (TF32) training: bf16 only for the large frozen networks, inside the methods
+    assert compose_config("train", ["trainer=gpu"]).trainer.precision == "32-true"

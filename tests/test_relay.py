@@ -55,6 +55,27 @@ def test_sd_schedule_and_relay_constants(alphas):
     torch.testing.assert_close(alphas.float(), reference, atol=1e-6, rtol=0)
 
 
+def test_schedule_coefficients_never_take_a_low_precision_dtype(alphas):
+    """Under bf16 autocast z_c arrives in bf16; the relay noise scale √(1 − ᾱ_299) must stay
+    0.638605 (bf16 would make it 0.636719) and the arithmetic at least float32."""
+    from modules.diffusion import eps_from_x0, x0_from_eps
+
+    zeros, ones = torch.zeros(1, 4, 2, 2, dtype=torch.bfloat16), torch.ones(1, 4, 2, 2)
+    start = relay_start(zeros, ones.bfloat16(), alphas)
+    assert start.dtype == torch.float32
+    assert start.flatten()[0].item() == pytest.approx(math.sqrt(1 - 0.592183), abs=1e-6)
+    assert start.flatten()[0].item() == pytest.approx(0.638605, abs=1e-6)
+    signal = q_sample(ones.bfloat16(), zeros, alphas[299])
+    assert signal.flatten()[0].item() == pytest.approx(0.769534, abs=1e-6)
+    x0 = x0_from_eps(ones.bfloat16(), zeros, alphas[299])  # 1/√ᾱ = 1.299487
+    assert x0.dtype == torch.float32 and x0.flatten()[0].item() == pytest.approx(
+        1.299487, abs=1e-6
+    )
+    eps = eps_from_x0(ones.bfloat16(), zeros, alphas[299])  # 1/√(1 − ᾱ) = 1.565912
+    assert eps.flatten()[0].item() == pytest.approx(1.565912, abs=1e-6)
+    assert q_sample(zeros.double(), ones.double(), alphas[299]).dtype == torch.float64
+
+
 def test_relay_forward_process(alphas):
     gen = torch.Generator().manual_seed(0)
     z0, z_c, noise = (torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in "abc")

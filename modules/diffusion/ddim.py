@@ -12,28 +12,33 @@ from torch import Tensor
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def _signal_noise_scales(alpha_cumprod: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Return √ᾱ and √(1 − ᾱ), computed in float64 and cast to `like`'s dtype and device."""
-    a = torch.as_tensor(alpha_cumprod, dtype=torch.float64, device=like.device)
-    return a.sqrt().to(like.dtype), (1 - a).sqrt().to(like.dtype)
+def _signal_noise_scales(
+    alpha_cumprod: Tensor | float, *operands: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Return √ᾱ, √(1 − ᾱ) and the operands, all in at least float32 (the scales computed in
+    float64). Nothing takes a low-precision dtype: in bf16, √(1 − ᾱ_299) = 0.638605 would be
+    0.636719 (a 0-dim scale would be cast to a bf16 operand's dtype by type promotion)."""
+    dtype = torch.promote_types(torch.result_type(*operands), torch.float32)
+    a = torch.as_tensor(alpha_cumprod, dtype=torch.float64, device=operands[0].device)
+    return a.sqrt().to(dtype), (1 - a).sqrt().to(dtype), [t.to(dtype) for t in operands]
 
 
 def x0_from_eps(x_t: Tensor, eps: Tensor, alpha_cumprod: Tensor | float) -> Tensor:
     """Return x₀ = (x_t − √(1 − ᾱ)·ε)/√ᾱ; ᾱ broadcasts against x_t (e.g. B×1×1×1)."""
-    sqrt_a, sqrt_one_minus_a = _signal_noise_scales(alpha_cumprod, x_t)
+    sqrt_a, sqrt_one_minus_a, (x_t, eps) = _signal_noise_scales(alpha_cumprod, x_t, eps)
     return (x_t - sqrt_one_minus_a * eps) / sqrt_a
 
 
 def eps_from_x0(x_t: Tensor, x0: Tensor, alpha_cumprod: Tensor | float) -> Tensor:
     """Return ε = (x_t − √ᾱ·x₀)/√(1 − ᾱ); ᾱ broadcasts against x_t (e.g. B×1×1×1)."""
-    sqrt_a, sqrt_one_minus_a = _signal_noise_scales(alpha_cumprod, x_t)
+    sqrt_a, sqrt_one_minus_a, (x_t, x0) = _signal_noise_scales(alpha_cumprod, x_t, x0)
     return (x_t - sqrt_a * x0) / sqrt_one_minus_a
 
 
 def q_sample(x0: Tensor, noise: Tensor, alpha_cumprod: Tensor | float) -> Tensor:
     """Return x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε; ᾱ broadcasts against x0 (e.g. B×1×1×1)."""
     # diffusers' add_noise needs a scheduler instance and timesteps; here ᾱ is given directly.
-    sqrt_a, sqrt_one_minus_a = _signal_noise_scales(alpha_cumprod, x0)
+    sqrt_a, sqrt_one_minus_a, (x0, noise) = _signal_noise_scales(alpha_cumprod, x0, noise)
     return sqrt_a * x0 + sqrt_one_minus_a * noise
 
 
