@@ -10,13 +10,20 @@ from torch import nn
 
 
 class EMA(L.Callback):
-    """EMA of the trainable weights, updated every `every_n_steps` optimizer steps.
+    """EMA of the trainable weights on ema_pytorch's schedule, counted in training steps.
+
+    After optimizer step s (0-based, s = trainer.global_step − 1) with s % `every_n_steps` = 0,
+    the average copies the weights while s ≤ `update_after_step` and otherwise moves towards
+    them with decay min(`decay`, 1 − (1 + s − `update_after_step`)^−`power`): the schedule of
+    ema_pytorch 0.2.3's `EMA(beta, update_every, power, update_after_step)` as CDC's trainer
+    calls it once per step (0.999 is reached at s = 10,099 with the defaults). The arithmetic is
+    diffusers' `EMAModel`, whose update counter is set to s before each update (it would
+    otherwise count updates, a horizon `every_n_steps` times longer).
 
     Validation runs on the EMA weights. Checkpoints hold the EMA weights as their `state_dict`
     (so `eval.py`, the codec CLI and `load_from_checkpoint` get them without knowing about EMA)
     and the online training weights under "ema_online", which a resumed run trains on. At the
-    end of training the module keeps the EMA weights. The decay follows diffusers' `EMAModel`
-    with warm-up 1 − (1 + step)^−power, capped at `decay`, after `update_after_step` updates.
+    end of training the module keeps the EMA weights.
     """
 
     def __init__(
@@ -34,6 +41,7 @@ class EMA(L.Callback):
             "power": power,
         }
         self._ema: EMAModel | None = None
+        self._last_step: int | None = None
         self._restored_state: dict[str, Any] | None = None
 
     @staticmethod
@@ -47,9 +55,17 @@ class EMA(L.Callback):
             self._ema.load_state_dict(self._restored_state)
         self._ema.to(pl_module.device)
 
+    def decay_at(self, step: int) -> float:
+        """Decay of the update after optimizer step `step` (0-based); 0 means a copy."""
+        return self._ema.get_decay(step + 1)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._ema.step([p for _, p in self._trainable(pl_module)])
+        step = trainer.global_step - 1  # the optimizer step just taken
+        if step % self.every_n_steps != 0 or step == self._last_step:  # (gradient accumulation)
+            return
+        self._last_step = step
+        self._ema.optimization_step = step  # EMAModel.step adds 1 and reads get_decay(s + 1)
+        self._ema.step([p for _, p in self._trainable(pl_module)])
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._ema is not None and trainer.state.fn == "fit":

@@ -1,8 +1,12 @@
-"""EMA callback: validation and checkpoints use the average; a resume trains on online weights."""
+"""EMA callback: ema_pytorch's schedule in training steps; validation and checkpoints use the
+average; a resume trains on online weights."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
+import pytest
 import torch
 
 from callbacks import EMA
@@ -55,6 +59,38 @@ def fit(tmp_path, max_steps: int, ckpt_path=None):
     )
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model, ema, snapshot
+
+
+def ema_pytorch_decay(step: int) -> float | None:
+    """ema_pytorch 0.2.3 `EMA(beta=0.999, update_every=10, power=0.75, update_after_step=100)`
+    as CDC's trainer calls it, `update()` once per training step: the call after step s (its
+    counter holds s) returns at once unless s % 10 == 0 (None), copies the weights while
+    s ≤ 100 (decay 0), else lerps with min(0.999, 1 − (1 + (s + 1) − 100 − 1)^−0.75)."""
+    if step % 10:
+        return None
+    if step <= 100:
+        return 0.0
+    return min(0.999, 1 - (1 + step - 100) ** -0.75)
+
+
+@pytest.mark.parametrize(
+    ("step", "golden"),
+    [(0, 0.0), (100, 0.0), (110, 0.834440), (1000, 0.993919), (5000, 0.998293), (20000, 0.999)],
+)
+def test_decay_follows_ema_pytorch_counted_in_training_steps(step, golden):
+    """Before: diffusers counted updates (one per 10 steps), 0.98882 at 5K and 0.99653 at 20K."""
+    assert ema_pytorch_decay(step) == pytest.approx(golden, abs=1e-6)
+    ema = EMA()  # the recipe's defaults: 0.999, every 10 steps, power 0.75, after 100
+    module = L.LightningModule()
+    module.weight = torch.nn.Parameter(torch.zeros(2))
+    ema.on_fit_start(None, module)
+    ema.on_train_batch_end(SimpleNamespace(global_step=step + 1), module)  # after step s
+    assert ema._ema.cur_decay_value == pytest.approx(ema_pytorch_decay(step), abs=1e-12)
+    assert ema.decay_at(step) == ema._ema.cur_decay_value
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    ema.on_train_batch_end(SimpleNamespace(global_step=step + 2), module)  # s + 1: no update
+    assert torch.equal(ema._ema.shadow_params[0], torch.zeros(2))
 
 
 def test_ema_is_what_validation_checkpoints_and_the_final_module_use(tmp_path):
