@@ -14,6 +14,7 @@ logs the RD terms, keeps frozen networks in eval mode and out of checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 from abc import ABC, abstractmethod
@@ -44,6 +45,17 @@ def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
     """Batch-mean PSNR in dB of images in [0, 1] (float, no rounding: a training monitor)."""
     mse = F.mse_loss(x_hat.float().clamp(0, 1), x.float(), reduction="none").flatten(1).mean(1)
     return (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
+
+
+def content_seed(latent: Tensor) -> int:
+    """32-bit decoder seed derived from a decoded latent (a function of the payload alone).
+
+    Stochastic decoders draw fresh noise per image as the official codes do, yet reproducibly:
+    the encoder derives the seed from what the stream decodes to and writes it into the side
+    information, so a decoder reads it and never hashes anything. One host copy per call.
+    """
+    data = latent.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -114,6 +126,15 @@ class CodecModule(L.LightningModule, ABC):
 
     def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate (and normalise) a full set of decoding options; raise ConfigError if bad."""
+        return options
+
+    def decoding_for(self, latent: Tensor) -> dict[str, Any]:
+        """The decoding options for the image(s) whose decoded latent is `latent`: a "seed" of
+        None (fresh noise per image) becomes `content_seed(latent)`, the seed the stream
+        carries; a fixed seed stays."""
+        options = dict(self.decoding)
+        if "seed" in options and options["seed"] is None:
+            options["seed"] = content_seed(latent)
         return options
 
     # ------------------------------------------------------------------ frozen networks

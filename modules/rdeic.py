@@ -12,8 +12,15 @@ Recipe (one resumable run; a stage with 0 steps is skipped):
     stage 1 loss: λ·‖x̂0 − z0‖² + bpp + L_VQ + λ·‖z_c − z0‖², x̂0 from one relay-noised step
     stage 2   `stage2_steps` through the whole `fixed_steps` sampler and the VAE decoder
               (paper: 100K, 2e-5, 256² crops): λ·MSE + 0.5λ·LPIPS-Alex + λ·‖z_c − z0‖² + bpp + L_VQ
+`fixed_steps` is 2 for λ ≥ 1 and 5 below (the rate points of the official results.xlsx: its
+"RDEIC" rows are the 2-step models at λ = 2, 1 and the 5-step ones at λ = 0.5, 0.25, 0.1).
+Validation decodes with `stage1_val_steps` (official: 5) in stage 1 and the decoding steps in
+stage 2. With `gradient_checkpointing` every UNet + control pass that trains is checkpointed, in
+stage 1 as in stage 2 (the official UNet and control module checkpoint in every stage).
 Decoding: ε = ε_sd + s·(ε_θ − ε_sd) (detail control; s = 1 is one UNet call per step); steps,
-s and the noise seed are side information in the stream and eval options.
+s and the noise seed are side information in the stream and eval options. The seed is derived
+from each image's decoded latent z_c unless `decode_seed` fixes one (the official code draws fresh
+noise per image).
 
 Where this differs from the official code (reference §13): the respaced DDPM sampler is used for
 decoding (the official DDIM path is mis-scheduled); the guidance scale is a float; weights load
@@ -81,7 +88,8 @@ class RDEICModule(CodecModule):
         weights_dir: str | None = None,
         decode_steps: int | None = None,
         decode_guidance: float = 1.0,
-        decode_seed: int = 0,
+        decode_seed: int | None = None,
+        stage1_val_steps: int = 5,
         gradient_checkpointing: bool = True,
         bf16: bool = True,
         lr: float = 1e-4,
@@ -112,6 +120,7 @@ class RDEICModule(CodecModule):
             }
         )
         respaced_timesteps(fixed_steps, relay_step + 1)  # validates fixed_steps
+        respaced_timesteps(stage1_val_steps, relay_step + 1)
         self.compressor = RDEICCompressor(
             feature_channels=backbone.feature_channels,
             channels=channels,
@@ -153,15 +162,16 @@ class RDEICModule(CodecModule):
 
     # ------------------------------------------------------------------ decoding options
     def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Sampler steps over [0, relay_step], guidance scale s (float) and noise seed."""
+        """Sampler steps over [0, relay_step], guidance scale s (float) and noise seed (None:
+        derived per image from its decoded latent)."""
         steps, guidance, seed = options["steps"], options["guidance"], options["seed"]
         try:
             respaced_timesteps(int(steps), self.hparams.relay_step + 1)
         except ValueError as exc:
             raise ConfigError(f"decoding steps: {exc}") from exc
-        if not math.isfinite(guidance) or not 0 <= seed < 2**32:
+        if not math.isfinite(guidance) or not (seed is None or 0 <= seed < 2**32):
             raise ConfigError(f"decoding guidance must be finite and seed 32-bit: {options}")
-        steps, guidance, seed = _SIDE.unpack(_SIDE.pack(int(steps), guidance, seed))
+        steps, guidance, _ = _SIDE.unpack(_SIDE.pack(int(steps), guidance, seed or 0))
         return {"steps": steps, "guidance": guidance, "seed": seed}
 
     # ------------------------------------------------------------------ stages
@@ -185,8 +195,17 @@ class RDEICModule(CodecModule):
         return feature.float(), z0.float()
 
     def _noise_prediction(
-        self, z_t: Tensor, t: Tensor, hint: Tensor, guidance: float = 1.0
+        self,
+        z_t: Tensor,
+        t: Tensor,
+        hint: Tensor,
+        guidance: float = 1.0,
+        checkpointed: bool = False,
     ) -> Tensor:
+        """ε̂ of the frozen UNet steered by the control module (bf16 autocast on GPU, fp32
+        out); `checkpointed`: recompute the pass in backward instead of keeping activations."""
+        if checkpointed:
+            return checkpoint(self._noise_prediction, z_t, t, hint, guidance, use_reentrant=False)
         context = self.backbone.prompt_embedding.expand(z_t.shape[0], -1, -1)
         with self._frozen_autocast():
             eps = guided_noise_prediction(
@@ -213,11 +232,7 @@ class RDEICModule(CodecModule):
         checkpointed = grad and self.hparams.gradient_checkpointing
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
-            if checkpointed:
-                return checkpoint(
-                    self._noise_prediction, z_t, t, hint, guidance, use_reentrant=False
-                )
-            return self._noise_prediction(z_t, t, hint, guidance)
+            return self._noise_prediction(z_t, t, hint, guidance, checkpointed)
 
         def vae_decode(z: Tensor) -> Tensor:
             with self._frozen_autocast():
@@ -245,7 +260,8 @@ class RDEICModule(CodecModule):
             "vq_loss": coded["vq_loss"],
         }
         if not self.training:
-            return {**out, "x_hat": self._decode(coded["z_c"], coded["hint"], **self.decoding)}
+            decoding = self.decoding_for(coded["z_c"])
+            return {**out, "x_hat": self._decode(coded["z_c"], coded["hint"], **decoding)}
         if self.stage == 1:
             return {**out, **self._relay_step(z0, coded["z_c"], coded["hint"]), "x_hat": None}
         x_hat = self._decode(coded["z_c"], coded["hint"], self.hparams.fixed_steps, grad=True)
@@ -254,14 +270,17 @@ class RDEICModule(CodecModule):
     def _relay_step(
         self, z0: Tensor, z_c: Tensor, hint: Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """Stage 1: one relay-noised step at t ~ U{0..N}; x0-space prediction."""
+        """Stage 1: one relay-noised step at t ~ U{0..N}; x0-space prediction. The UNet pass
+        is checkpointed when it trains and `gradient_checkpointing` is on."""
         t = torch.randint(
             0, self.hparams.relay_step + 1, (z0.shape[0],), device=z0.device, generator=generator
         )
         noise = torch.randn(z0.shape, device=z0.device, generator=generator)
         alpha = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         z_t = q_sample(z0, relay_noise(noise, z_c, z0, self.relay), alpha)
-        return {"z0_hat": x0_from_eps(z_t, self._noise_prediction(z_t, t, hint), alpha)}
+        checkpointed = self.hparams.gradient_checkpointing and torch.is_grad_enabled()
+        eps = self._noise_prediction(z_t, t, hint, checkpointed=checkpointed)
+        return {"z0_hat": x0_from_eps(z_t, eps, alpha)}
 
     def likelihoods(self, x: Tensor) -> dict[str, Tensor]:
         """Likelihoods of y and of the VQ indices, without running the diffusion decoder."""
@@ -288,7 +307,8 @@ class RDEICModule(CodecModule):
         return {"loss": loss, "stage": torch.tensor(float(self.stage)), **terms}
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        """Stage-1 terms at fixed random draws, and bpp/PSNR of the real decoder output."""
+        """Stage-1 terms at fixed random draws, and PSNR of the decoder output with
+        `stage1_val_steps` in stage 1 (official: 5) and the decoding steps in stage 2."""
         x = pad_to_multiple(batch, self.pad_multiple)
         feature, z0 = self._encode(x)
         coded = self.compressor(feature)
@@ -296,14 +316,19 @@ class RDEICModule(CodecModule):
         relay = self._relay_step(z0, coded["z_c"], coded["hint"], generator)
         out = {"x": x, "z0": z0, **coded, **relay}
         terms = self.rd_loss(out, x)
-        x_hat = self._decode(coded["z_c"], coded["hint"], **self.decoding)
+        decoding = self.decoding_for(coded["z_c"])
+        if self.stage == 1:
+            decoding["steps"] = self.hparams.stage1_val_steps
+        x_hat = self._decode(coded["z_c"], coded["hint"], **decoding)
+        terms["decode_steps"] = torch.tensor(float(decoding["steps"]))
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
         self.log("val/psnr", psnr(x_hat, x), sync_dist=True, prog_bar=True)
 
     # ------------------------------------------------------------------ coding
     def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
         out = self.compressor.compress(self._encode(x)[0])
-        side = _SIDE.pack(self.decoding["steps"], self.decoding["guidance"], self.decoding["seed"])
+        decoding = self.decoding_for(out["z_c"])
+        side = _SIDE.pack(decoding["steps"], decoding["guidance"], decoding["seed"])
         return [item_strings[0] for item_strings in out["strings"]], side
 
     def decompress_padded(

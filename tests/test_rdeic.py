@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import csv
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from modules.base import load_codec
-from modules.entropy import BitstreamError
+from modules.entropy import Bitstream, BitstreamError
 from modules.nets import controlled_noise_prediction
 from modules.rdeic import RDEICModule
 from modules.utils import ConfigError
@@ -66,10 +67,101 @@ def test_stage1_gradients_reach_codec_and_control_not_backbone(monkeypatch):
     assert trainable and all(p.grad is not None for _, p in trainable)
     assert {n.split(".")[0] for n, _ in trainable} == {"compressor", "control"}
     assert all(not p.requires_grad and p.grad is None for p in model.backbone.parameters())
-    # λ of stage 1a is initial_lmbda, then the target λ
-    assert model.lmbda == 2.0
-    at_step(monkeypatch, 2)
-    assert tiny_rdeic(lmbda=0.1).lmbda == 0.1
+
+
+def test_lmbda_is_the_initial_one_in_stage_1a_then_the_target(monkeypatch):
+    model = tiny_rdeic(lmbda=0.1, initial_lmbda=2.0)
+    for step, expected in [(0, 2.0), (1, 2.0), (2, 0.1), (5, 0.1)]:  # initial_steps = 2
+        at_step(monkeypatch, step)
+        assert model.lmbda == expected, step
+
+
+def _loss_inputs(stage: int) -> dict:
+    """Hand-set terms: latent MSE 0.49, guide 0.09, bpp 0.25 (256 symbols of 4 bits over 64²
+    pixels), VQ loss 0.3; stage 2 adds images whose MSE in [−1, 1] is 0.04."""
+    z0 = torch.zeros(1, 4, 8, 8)
+    out = {
+        "x": torch.full((1, 3, 64, 64), 0.5),
+        "z0": z0,
+        "z_c": z0 + 0.3,
+        "likelihoods": {"y": torch.full((1, 4, 8, 8), 2.0**-4)},
+        "vq_loss": torch.tensor(0.3),
+    }
+    if stage == 1:
+        return {**out, "z0_hat": z0 + 0.7, "x_hat": None}
+    return {**out, "x_hat": torch.full((1, 3, 64, 64), 0.6)}
+
+
+class _ConstantLPIPS(torch.nn.Module):
+    """LPIPS stand-in: 0.7 per image; records the images it was given."""
+
+    def forward(self, x_hat, target):
+        self.seen = (x_hat, target)
+        return torch.full((x_hat.shape[0], 1, 1, 1), 0.7)
+
+
+@pytest.mark.parametrize(("step", "lmbda"), [(0, 2.0), (2, 0.25)])
+def test_stage1_loss_from_hand_set_terms(monkeypatch, step, lmbda):
+    """L₁ = λ·‖x̂0 − z0‖² + bpp + L_VQ + λ·‖z_c − z0‖² with λ = 2 in stage 1a, then 0.25."""
+    at_step(monkeypatch, step)
+    model = tiny_rdeic(lmbda=0.25)
+    out = _loss_inputs(stage=1)
+    terms = model.rd_loss(out, out["x"])
+    assert terms["stage"] == 1
+    assert float(terms["bpp"]) == pytest.approx(0.25)
+    expected = lmbda * 0.49 + 0.25 + 0.3 + lmbda * 0.09
+    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_stage2_loss_from_hand_set_terms(monkeypatch):
+    """L₂ = λ·MSE + 0.5·λ·LPIPS + λ·‖z_c − z0‖² + bpp + L_VQ on images in [−1, 1]."""
+    at_step(monkeypatch, 4)
+    model = tiny_rdeic(lmbda=0.25)
+    lpips = model.freeze("lpips", _ConstantLPIPS())
+    out = _loss_inputs(stage=2)
+    terms = model.rd_loss(out, out["x"])
+    assert terms["stage"] == 2
+    assert float(terms["mse"]) == pytest.approx(0.04, rel=1e-5)
+    expected = 0.25 * 0.04 + 0.5 * 0.25 * 0.7 + 0.25 * 0.09 + 0.25 + 0.3
+    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-6)
+    x_hat, target = lpips.seen  # LPIPS sees the images in [−1, 1]
+    assert torch.allclose(x_hat, torch.full_like(x_hat, 0.2)) and torch.equal(target, 0 * target)
+
+
+def test_stage1_relay_step_is_checkpointed_with_the_same_loss_and_gradients(monkeypatch):
+    at_step(monkeypatch, 0)
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for checkpointed in (False, True):
+        model = tiny_rdeic(gradient_checkpointing=checkpointed).train()
+        calls = []
+        model.backbone.unet.conv_in.register_forward_hook(lambda *_, c=calls: c.append(1))
+        torch.manual_seed(1)  # the same t, noise and quantisation noise in both runs
+        loss = model.rd_loss(model(x), x)["loss"]
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results[checkpointed] = (loss.detach(), grads, len(calls))
+    (plain_loss, plain_grads, plain_calls), (loss, grads, calls) = results[False], results[True]
+    assert (plain_calls, calls) == (1, 2)  # checkpointing reruns the UNet pass in backward
+    assert torch.equal(loss, plain_loss)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, plain_grads[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize(("step", "steps"), [(0, 5), (4, 2)])
+def test_validation_decodes_with_5_steps_in_stage_1(monkeypatch, codec, step, steps):
+    """The official validation samples 5 steps in stage 1 and the fixed steps in stage 2."""
+    at_step(monkeypatch, step)
+    calls, logged = [], {}
+    hook = codec.backbone.unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(codec, "log_dict", lambda values, **_: logged.update(values))
+    monkeypatch.setattr(codec, "log", lambda *_, **__: None)
+    try:
+        with torch.no_grad():
+            codec.validation_step(torch.rand(1, 3, 128, 128), 0)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + steps and float(logged["val/decode_steps"]) == steps
 
 
 def test_stage2_gradient_reaches_codec_through_sampler_and_vae(monkeypatch):
@@ -126,7 +218,8 @@ def test_decoding_options_travel_in_the_stream(codec):
         data = codec.compress(x)
         expected = codec.reconstruct(x)[0]
     finally:
-        codec.set_decoding(steps=2, guidance=1.0, seed=0)
+        codec.set_decoding(steps=2, guidance=1.0, seed=None)
+    assert struct.unpack("<HfI", Bitstream.from_bytes(data).side) == pytest.approx((5, 1.3, 7))
     assert torch.equal(codec.decompress(data), expected)  # the decoder used 5, 1.3, 7
     assert not torch.equal(codec.decompress(codec.compress(x)), expected)
     with pytest.raises(ConfigError, match="steps"):
@@ -135,21 +228,27 @@ def test_decoding_options_travel_in_the_stream(codec):
         codec.set_decoding(steps=301)
 
 
-def test_guidance_one_is_the_plain_controlled_path_with_one_unet_call(codec):
+def test_guidance_mixes_the_plain_sd_and_controlled_predictions(codec):
+    """ε = ε_sd + s·(ε_θ − ε_sd), ε_sd from diffusers' own UNet forward; s = 1: one UNet call."""
     calls = []
     hook = codec.backbone.unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
     try:
         z_t = torch.randn(1, 4, 16, 16)
         t = torch.tensor([299])
         hint = torch.randn(1, codec.hparams.hint_channels, 16, 16)
+        context = codec.backbone.prompt_embedding
         with torch.no_grad():
-            guided = codec._noise_prediction(z_t, t, hint, guidance=1.0)
-            assert len(calls) == 1
-            context = codec.backbone.prompt_embedding
-            plain = controlled_noise_prediction(
+            eps_sd = codec.backbone.unet(z_t, t, encoder_hidden_states=context).sample
+            eps_theta = controlled_noise_prediction(
                 codec.backbone.unet, codec.control, z_t, t, context, hint
             )
-            assert torch.equal(guided, plain)
+            assert (eps_theta - eps_sd).abs().max() > 1e-3  # the control changes ε
+            for scale in (0.0, 0.6, 1.0, 1.3):
+                calls.clear()
+                guided = codec._noise_prediction(z_t, t, hint, guidance=scale)
+                assert len(calls) == (1 if scale == 1 else 2)
+                expected = eps_sd + scale * (eps_theta - eps_sd)
+                assert torch.allclose(guided, expected, rtol=1e-5, atol=1e-6), scale
             calls.clear()
             codec.set_decoding(guidance=0.6)
             codec.decompress(codec.compress(torch.rand(1, 3, 128, 128)))
@@ -190,7 +289,11 @@ def test_rate_points_and_recipe_defaults():
         points[float(lmbda)] = cfg.model.fixed_steps
         assert cfg.trainer.max_steps == 300000 and cfg.data.batch_size == 4
         assert cfg.model.lr == 1e-4 and cfg.model.lr * cfg.model.lr_gamma == pytest.approx(2e-5)
-    assert points == {2.0: 2, 1.0: 5, 0.5: 5, 0.25: 5, 0.1: 5}
+    # 2 steps for λ ≥ 1, 5 below: the official results.xlsx's "RDEIC" rows are the 2-step
+    # models at λ = 2, 1 and the 5-step models at λ = 0.5, 0.25, 0.1
+    assert points == {2.0: 2, 1.0: 2, 0.5: 5, 0.25: 5, 0.1: 5}
+    assert cfg.model.stage1_val_steps == 5 and cfg.model.decode_seed is None
+    assert cfg.trainer.precision == "32-true" and cfg.model.bf16  # fp32, frozen SD in bf16
     cfg = compose_config("train", ["experiment=rdeic_l1", "model.stage2_steps=0"])
     assert cfg.trainer.max_steps == 200000  # stage 1 alone
 
@@ -200,7 +303,16 @@ def rdeic_smoke(tmp_path_factory) -> Path:
     from train import train
 
     run_dir = tmp_path_factory.mktemp("rdeic") / "run"
-    cfg = compose_config("train", ["experiment=rdeic_l2", "debug=smoke"], run_dir)
+    # two evaluation images (512², and 600×400 for the padding) and one RD evaluation: the
+    # full sample set (up to 1411²) through the SD-shaped decoder took minutes on 2 cores
+    overrides = [
+        "experiment=rdeic_l2",
+        "debug=smoke",
+        "+data.test.limit=2",
+        "callbacks.rd_evaluation.every_n_steps=6",
+        "callbacks.rd_evaluation.limit=1",
+    ]
+    cfg = compose_config("train", overrides, run_dir)
     train(cfg)
     return run_dir
 
@@ -219,8 +331,13 @@ def test_smoke_run_goes_through_both_stages_and_evaluation(rdeic_smoke):
     assert {"rd/bpp", "rd/psnr", "train/latent_mse", "train/lpips"} <= set(
         events.Tags()["scalars"]
     )
-    results = json.loads((rdeic_smoke / "eval" / "sample" / "results.json").read_text())
-    assert results["results"]["bpp"][0] > results["results"]["bpp_est"][0] * 0.5
+    with open(rdeic_smoke / "eval" / "sample" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:  # real bits: the estimate plus entropy-coder and container overhead
+        pixels = int(row["height"]) * int(row["width"])
+        real, estimate = 8 * int(row["bytes"]), float(row["bpp_est"]) * pixels
+        assert 0.98 * estimate <= real <= 1.1 * estimate + 8 * 64, row
     # the checkpoint alone rebuilds the codec against its backbone and decodes bit-exactly
     codec = load_codec(rdeic_smoke / "checkpoints" / "last.ckpt")
     x = torch.rand(1, 3, 64, 96)
