@@ -83,9 +83,11 @@ class CodecModule(L.LightningModule, ABC):
         lr_milestones: Sequence[int] = (),
         lr_gamma: float = 0.1,
         clip_grad_norm: float | None = 1.0,
+        lr_floor: float | None = None,
     ) -> None:
         """Optimizer settings, read back from `self.hparams`: subclasses take them in their own
-        signature, pass them here and call `self.save_hyperparameters()`."""
+        signature, pass them here and call `self.save_hyperparameters()` (a subclass without
+        `lr_floor` in its signature has no floor)."""
         super().__init__()
         self._frozen: dict[str, nn.Module] = {}
         self._fingerprint: bytes | None = None
@@ -330,17 +332,20 @@ class CodecModule(L.LightningModule, ABC):
         if aux:
             groups.append({"params": aux, "lr": hp.aux_lr, "weight_decay": 0.0, "name": "aux"})
         optimizer = torch.optim.Adam(groups)
-        milestones = sorted(hp.lr_milestones)
-
-        def main_lr_factor(step: int) -> float:
-            return hp.lr_gamma ** sum(step >= m for m in milestones)
-
-        factors = [main_lr_factor] + [lambda step: 1.0] * (len(groups) - 1)
+        factors = [lambda step: self.lr_factor(step)] + [lambda step: 1.0] * (len(groups) - 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+    def lr_factor(self, step: int) -> float:
+        """Factor of the main group's lr at optimizer step `step`: `lr_gamma` per milestone
+        reached, never below `lr_floor`/`lr` (an absolute floor of the lr; None: none)."""
+        hp = self.hparams
+        factor = hp.lr_gamma ** sum(step >= milestone for milestone in hp.lr_milestones)
+        floor = hp.get("lr_floor")
+        return max(factor, floor / hp.lr) if floor else factor
 
     def configure_gradient_clipping(
         self,

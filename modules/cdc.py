@@ -10,6 +10,15 @@ One module holds both published parameterisations (`prediction`):
 Loss β·bpp + (1 − ρ)·D + ρ·LPIPS-VGG(x̂0, x0). Training starts with a warm-up stage (β = 1e-6,
 ρ = 0) for `warmup_steps`, then the target β and ρ, in one resumable run.
 
+Learning rate: `lr`·`lr_gamma` per milestone, floored at `lr_floor` (paper: 5e-5, ×0.8 every 100K
+steps, clipped at 2e-5; the official ε config: 4e-5, ×0.9, floor 0.5·lr). The milestones count
+from the start of each stage, so the target stage of the one-run recipe and a run started with
+`init_from=<warm-up> model.warmup_steps=0` follow the same schedule step for step.
+Decoding: DDIM with `decode_steps` (paper: 17 for X, 500 for ε, App. H); validation with
+`val_steps` (null: the decoding steps), logged as val/decode_steps. The start noise is seeded per
+image from a hash of its ŷ (the official code draws fresh noise per image) unless `decode_seed`
+fixes one; the seed travels in the stream.
+
 Where this differs from the official code: the time input at sampling is n/N for both
 parameterisations (the official ε sampler feeds i/S); the learning rate decays per 100K steps as
 the paper says (the official scheduler steps every iteration after 100K); LPIPS runs in eval
@@ -67,7 +76,8 @@ class CDCModule(CodecModule):
         compressor_dim: int = 64,
         decode_steps: int = 17,
         decode_gamma: float = 0.0,
-        decode_seed: int = 0,
+        decode_seed: int | None = None,
+        val_steps: int | None = None,
         lpips_pretrained_backbone: bool = True,
         weights_dir: str | None = None,
         gradient_checkpointing: bool = False,
@@ -77,8 +87,11 @@ class CDCModule(CodecModule):
         lr_milestones: Sequence[int] = (),
         lr_gamma: float = 0.8,
         clip_grad_norm: float | None = 1.0,
+        lr_floor: float | None = None,
     ) -> None:
-        super().__init__(lr, aux_lr, weight_decay, lr_milestones, lr_gamma, clip_grad_norm)
+        super().__init__(
+            lr, aux_lr, weight_decay, lr_milestones, lr_gamma, clip_grad_norm, lr_floor
+        )
         self.save_hyperparameters()
         if prediction not in VARIANTS:
             raise ValueError(
@@ -94,6 +107,8 @@ class CDCModule(CodecModule):
         self.decoding = self.checked_decoding(
             {"steps": decode_steps, "gamma": decode_gamma, "seed": decode_seed}
         )
+        if val_steps is not None:
+            self.checked_decoding({**self.decoding, "steps": val_steps})
 
         self.compressor = CDCCompressor(dim=compressor_dim, out_channels=finest_context)
         self.unet = ConditionalUNet(
@@ -118,18 +133,20 @@ class CDCModule(CodecModule):
 
     # ------------------------------------------------------------------ decoding options
     def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
-        """DDIM steps, start noise γ and noise seed, as the stream will carry them (γ in fp16),
-        so that the eval forward equals decompress(compress(x))."""
+        """DDIM steps, start noise γ and noise seed (None: derived per image from ŷ), as the
+        stream will carry them (γ in fp16), so that the eval forward equals
+        decompress(compress(x))."""
         steps, gamma, seed = options["steps"], options["gamma"], options["seed"]
         try:
             ddim_indices(self.num_train_steps, steps)
         except ValueError as exc:
             raise ConfigError(f"decoding steps: {exc}") from exc
-        if not (math.isfinite(gamma) and 0 <= gamma < 65504) or not 0 <= seed < 2**32:
+        valid_seed = seed is None or 0 <= seed < 2**32
+        if not (math.isfinite(gamma) and 0 <= gamma < 65504) or not valid_seed:
             raise ConfigError(
                 f"decoding gamma must be in [0, 65504) and seed 32-bit, got {gamma}, {seed}"
             )
-        steps, gamma, seed = _SIDE.unpack(_SIDE.pack(steps, gamma, seed))
+        steps, gamma, _ = _SIDE.unpack(_SIDE.pack(steps, gamma, seed or 0))
         return {"steps": steps, "gamma": gamma, "seed": seed}
 
     # ------------------------------------------------------------------ training
@@ -138,6 +155,12 @@ class CDCModule(CodecModule):
         if self.global_step < self.hparams.warmup_steps:
             return self.hparams.warmup_beta, 0.0
         return self.hparams.beta, self.hparams.rho
+
+    def lr_factor(self, step: int) -> float:
+        """The base schedule with its milestones counted from the start of the current stage
+        (the warm-up at 0, the target stage at `warmup_steps`)."""
+        warmup = self.hparams.warmup_steps
+        return super().lr_factor(step - warmup if step >= warmup else step)
 
     def _denoising_pass(
         self, x: Tensor, context: Sequence[Tensor], generator: torch.Generator | None = None
@@ -160,7 +183,8 @@ class CDCModule(CodecModule):
         """Training: one denoising step; eval: the full decoder. x in [0, 1]."""
         compressed = self.compressor(2 * x - 1)
         if not self.training:
-            x_hat = self.decode(compressed["context"], **self.decoding)
+            decoding = self.decoding_for(compressed["y_hat"])
+            x_hat = self.decode(compressed["context"], **decoding)
             return {"x_hat": x_hat, "likelihoods": compressed["likelihoods"]}
         out = self._denoising_pass(2 * x - 1, compressed["context"])
         x_hat = (out["x0_hat"].detach().clamp(-1, 1) + 1) / 2
@@ -190,13 +214,17 @@ class CDCModule(CodecModule):
         return {"loss": loss, **terms}
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        """RD loss at fixed random draws, plus bpp and PSNR of the real decoder output."""
+        """RD loss at fixed random draws, plus bpp and PSNR of the decoder output with
+        `val_steps` (null: the decoding steps), logged as val/decode_steps."""
         x = pad_to_multiple(batch, self.pad_multiple)
         compressed = self.compressor(2 * x - 1)
         generator = torch.Generator(x.device).manual_seed(batch_idx)
         out = self._denoising_pass(2 * x - 1, compressed["context"], generator)
         terms = self.rd_loss({**out, "likelihoods": compressed["likelihoods"]}, x)
-        x_hat = self.decode(compressed["context"], **self.decoding)
+        decoding = self.decoding_for(compressed["y_hat"])
+        decoding["steps"] = self.hparams.val_steps or decoding["steps"]
+        x_hat = self.decode(compressed["context"], **decoding)
+        terms["decode_steps"] = torch.tensor(float(decoding["steps"]))
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
         self.log("val/psnr", psnr(x_hat, x), sync_dist=True, prog_bar=True)
 
@@ -227,7 +255,8 @@ class CDCModule(CodecModule):
 
     def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
         out = self.compressor.compress(2 * x - 1)
-        side = _SIDE.pack(self.decoding["steps"], self.decoding["gamma"], self.decoding["seed"])
+        decoding = self.decoding_for(out["y_hat"])
+        side = _SIDE.pack(decoding["steps"], decoding["gamma"], decoding["seed"])
         return [item_strings[0] for item_strings in out["strings"]], side
 
     def decompress_padded(

@@ -105,12 +105,13 @@ class CDCCompressor(nn.Module):
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:
-        """Entropy-code x; returns the strings [y_strings, z_strings], the latent shapes and the
-        context maps the decoder will reconstruct from them."""
+        """Entropy-code x; returns the strings [y_strings, z_strings], the latent shapes, and the
+        ŷ and context maps the decoder will reconstruct from them."""
         out = self.latent_codec.compress(self.g_a(x))
         return {
             "strings": out["strings"],
             "shape": out["shape"],
+            "y_hat": out["y_hat"],
             "context": self.decode_context(out["y_hat"]),
         }
 
