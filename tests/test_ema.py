@@ -93,8 +93,15 @@ def test_decay_follows_ema_pytorch_counted_in_training_steps(step, golden):
     assert torch.equal(ema._ema.shadow_params[0], torch.zeros(2))
 
 
-def test_ema_is_what_validation_checkpoints_and_the_final_module_use(tmp_path):
-    model, ema, snapshot = fit(tmp_path, max_steps=4)
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+    """(folder, model, EMA callback, snapshots) of one 4-step fit, shared by the tests."""
+    folder = tmp_path_factory.mktemp("ema")
+    return folder, *fit(folder, max_steps=4)
+
+
+def test_ema_is_what_validation_checkpoints_and_the_final_module_use(four_steps):
+    tmp_path, model, ema, snapshot = four_steps
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     names = list(snapshot.at_start)
     shadow = dict(zip(names, ema._ema.shadow_params, strict=True))
@@ -108,9 +115,9 @@ def test_ema_is_what_validation_checkpoints_and_the_final_module_use(tmp_path):
     assert any(not torch.equal(snapshot.at_validation[-1][n], online[n]) for n in names)
 
 
-def test_resume_trains_on_online_weights_with_the_saved_average(tmp_path):
-    fit(tmp_path, max_steps=4)
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    _, _, snapshot = fit(tmp_path / "resumed", max_steps=6, ckpt_path=tmp_path / "last.ckpt")
+def test_resume_trains_on_online_weights_with_the_saved_average(four_steps, tmp_path):
+    folder = four_steps[0]
+    checkpoint = torch.load(folder / "last.ckpt", weights_only=False)
+    _, _, snapshot = fit(tmp_path / "resumed", max_steps=6, ckpt_path=folder / "last.ckpt")
     for name, value in checkpoint["ema_online"].items():
         assert torch.equal(snapshot.at_start[name], value), name
