@@ -511,9 +511,17 @@ def test_kodak_config_with_data(tmp_path: Path) -> None:
     ],
 )
 def test_paper_evaluation_presets(tmp_path: Path, name: str, folder: str, size, side) -> None:
-    save(tmp_path / folder / "a.png", size)
+    width, height = size
+    ramp = np.broadcast_to(np.linspace(0, 255, width).round().astype(np.uint8), (height, width))
+    (tmp_path / folder).mkdir(parents=True)
+    Image.fromarray(np.ascontiguousarray(ramp)).convert("RGB").save(tmp_path / folder / "a.png")
     dm = instantiate(load_config(name, tmp_path).data)
     assert dm.test_name == name  # its own results folder, apart from the full-size set
     with pytest.warns(UserWarning, match="expected"):  # one image, not the whole set
         (image,) = [item["image"] for item in dm.eval_images()]
     assert image.shape[-2:] == (side, side)
+    # resized, then cropped: the crop spans the central side/short-side fraction of the ramp
+    kept = min(size) / width
+    left, right = float(image[0, :, 0].float().mean()), float(image[0, :, -1].float().mean())
+    assert left == pytest.approx(255 * (1 - kept) / 2, abs=3)
+    assert right == pytest.approx(255 * (1 + kept) / 2, abs=3)
