@@ -271,10 +271,31 @@ def test_guidance(unet, control):
 
 @torch.no_grad()
 def test_bf16_autocast(unet, control):
+    """bf16 for the frozen UNet only: the trainable control branch and zero convs stay fp32."""
     z_t, t, hint, context = inputs()
+    dtypes = {}
+
+    def record(key):
+        def hook(_module, _inputs, output):
+            dtypes.setdefault(key, output.dtype)
+
+        return hook
+
+    modules = {
+        "control": control.conv_in,
+        "zero_conv": control.encoder_out[0],
+        "unet": unet.conv_in,
+    }
+    hooks = [module.register_forward_hook(record(key)) for key, module in modules.items()]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = sd_eps(unet, z_t, t, context)
+            fresh = controlled_noise_prediction(unet, control, z_t, t, context, hint)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert dtypes == {"unet": torch.bfloat16, "control": torch.float32, "zero_conv": torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = sd_eps(unet, z_t, t, context)
-        fresh = controlled_noise_prediction(unet, control, z_t, t, context, hint)
         eps = controlled_noise_prediction(unet, randomised(control), z_t, t, context, hint)
     torch.testing.assert_close(fresh, expected, rtol=0, atol=0)
     reference = controlled_noise_prediction(unet, randomised(control), z_t, t, context, hint)

@@ -230,7 +230,9 @@ def controlled_noise_prediction(
 
     The UNet is run block by block (the loop of `UNet2DConditionModel.forward` for SD's
     configuration: no class/added embeddings, no masks). `control=None` gives the plain SD
-    prediction `unet(z_t, timesteps, encoder_hidden_states=context).sample`.
+    prediction `unet(z_t, timesteps, encoder_hidden_states=context).sample`. Under autocast
+    only the frozen UNet runs in low precision: the control branch and its zero convolutions
+    (trainable) stay fp32.
     """
     if control is None:
         return unet(z_t, timesteps, encoder_hidden_states=context).sample
@@ -240,32 +242,41 @@ def controlled_noise_prediction(
         raise ValueError(
             f"the controlled forward needs a UNet without {_UNSUPPORTED_UNET_OPTIONS}"
         )
-    features, middle = control(z_t, timesteps, hint, context)
+    # the trainable branch and its zero convolutions run in fp32 even when the caller autocasts
+    # the frozen UNet (bf16); their outputs join the UNet's activations in the UNet's dtype
+    with torch.autocast(z_t.device.type, enabled=False):
+        features, middle = control(z_t.float(), timesteps, hint.float(), context.float())
+        pairs = zip(control.encoder_out, features, strict=True)
+        into_encoder = [zero(feature) * scale for zero, feature in pairs]
+        into_middle = control.middle_out(middle) * scale
+        pairs = zip(control.decoder_out, features[::-1], strict=True)
+        into_decoder = [zero(feature) * scale for zero, feature in pairs]
+
+    def add(h: Tensor, injection: Tensor) -> Tensor:
+        return h + injection.to(h.dtype)
 
     emb = _time_embedding(unet.time_proj, unet.time_embedding, timesteps, z_t)
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
-    h = unet.conv_in(z_t) + control.encoder_out[0](features[0]) * scale
+    h = add(unet.conv_in(z_t), into_encoder[0])
     skips = [h]
     for block in unet.down_blocks:
         for resnet, attention in _layers(block):
             h = _resnet_attention(resnet, attention, h, emb, context)
-            h = h + control.encoder_out[len(skips)](features[len(skips)]) * scale
+            h = add(h, into_encoder[len(skips)])
             skips.append(h)
         for downsampler in block.downsamplers or []:
-            h = downsampler(h) + control.encoder_out[len(skips)](features[len(skips)]) * scale
+            h = add(downsampler(h), into_encoder[len(skips)])
             skips.append(h)
 
-    h = unet.mid_block(h, emb, encoder_hidden_states=context)
-    h = h + control.middle_out(middle) * scale
+    h = add(unet.mid_block(h, emb, encoder_hidden_states=context), into_middle)
 
     # as diffusers: upsample to the skip's size when the input is not a multiple of 2^levels
     odd_size = any(s % 2**unet.num_upsamplers for s in z_t.shape[-2:])
     k = 0
     for block in unet.up_blocks:
         for resnet, attention in _layers(block):
-            h = h + control.decoder_out[k](features[-1 - k]) * scale
-            h = torch.cat([h, skips.pop()], dim=1)
+            h = torch.cat([add(h, into_decoder[k]), skips.pop()], dim=1)
             h = _resnet_attention(resnet, attention, h, emb, context)
             k += 1
         for upsampler in block.upsamplers or []:
