@@ -111,7 +111,8 @@ def test_x_parameterisation_loss_is_snr_weighted_and_clipped():
 
 
 def _smoke(tmp_path_factory, experiment: str) -> tuple[Path, dict]:
-    """A smoke run of `experiment`, evaluated on one sample image, with one RD evaluation."""
+    """A smoke run of `experiment`, evaluated on a 192² crop (padded to 256²) of one sample
+    photo, with one RD evaluation on another: full-size photos through the U-Net cost minutes."""
     from train import train
 
     run_dir = tmp_path_factory.mktemp(experiment) / "run"
@@ -119,8 +120,9 @@ def _smoke(tmp_path_factory, experiment: str) -> tuple[Path, dict]:
         f"experiment={experiment}",
         "debug=smoke",
         "+data.test.limit=1",
+        "data.test.center_crop=192",
         "callbacks.rd_evaluation.every_n_steps=6",
-        "callbacks.rd_evaluation.limit=1",
+        "callbacks.rd_evaluation.images={source: sample, limit: 1, center_crop: 192}",
     ]
     return run_dir, train(compose_config("train", overrides, run_dir))
 
@@ -154,6 +156,7 @@ def test_eval_decoding_options_reach_the_stream(x_smoke, tmp_path):
         f"ckpt_path={run_dir}/checkpoints/last.ckpt",
         "data=sample",
         "+data.test.limit=1",
+        "data.test.center_crop=192",
         "decoding={steps: 5, gamma: 0.5, seed: 3}",
         "save_outputs=true",
         "metrics=basic",

@@ -303,14 +303,15 @@ def rdeic_smoke(tmp_path_factory) -> Path:
     from train import train
 
     run_dir = tmp_path_factory.mktemp("rdeic") / "run"
-    # two evaluation images (512², and 600×400 for the padding) and one RD evaluation: the
-    # full sample set (up to 1411²) through the SD-shaped decoder took minutes on 2 cores
+    # two evaluation images (192² crops, padded to 256²) and one RD evaluation: the full
+    # sample set (up to 1411²) through the SD-shaped decoder took minutes on 2 cores
     overrides = [
         "experiment=rdeic_l2",
         "debug=smoke",
         "+data.test.limit=2",
+        "data.test.center_crop=192",
         "callbacks.rd_evaluation.every_n_steps=6",
-        "callbacks.rd_evaluation.limit=1",
+        "callbacks.rd_evaluation.images={source: sample, limit: 1, center_crop: 192}",
     ]
     cfg = compose_config("train", overrides, run_dir)
     train(cfg)
