@@ -55,10 +55,6 @@ class EMA(L.Callback):
             self._ema.load_state_dict(self._restored_state)
         self._ema.to(pl_module.device)
 
-    def decay_at(self, step: int) -> float:
-        """Decay of the update after optimizer step `step` (0-based); 0 means a copy."""
-        return self._ema.get_decay(step + 1)
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step - 1  # the optimizer step just taken
         if step % self.every_n_steps != 0 or step == self._last_step:  # (gradient accumulation)
