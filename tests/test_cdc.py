@@ -203,3 +203,12 @@ def test_bad_decoding_options_are_config_errors(codec):
     assert codec.decoding["steps"] == 3 and codec.decoding["gamma"] == pytest.approx(0.3, 1e-3)
     with pytest.raises(ConfigError, match="ELICModule has decoding options \\[\\]"):
         ELICModule(lmbda=0.01, N=16, M=32, groups=[4, 4, 8, 16]).set_decoding(steps=5)
+
+
+def test_eps_sampler_and_elic_variant_are_validated():
+    from modules.elic import ELICModule
+
+    with pytest.raises(ValueError, match="eps_sampler must be one of"):
+        tiny_cdc("epsilon", eps_sampler="clamped")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ELICModule(lmbda=0.01, N=16, M=32, groups=[4, 4, 8, 16], variant="he2022")
