@@ -20,7 +20,9 @@ image from a hash of its ŷ (the official code draws fresh noise per image) unle
 fixes one; the seed travels in the stream.
 
 Where this differs from the official code: the time input at sampling is n/N for both
-parameterisations (the official ε sampler feeds i/S); the learning rate decays per 100K steps as
+parameterisations (the official ε sampler feeds i/S, i = position in the S-step schedule, and
+does not clamp x̂0; `eps_sampler="official"` decodes so, as imported ε checkpoints do by
+default, see scripts/import_official.py); the learning rate decays per 100K steps as
 the paper says (the official scheduler steps every iteration after 100K); LPIPS runs in eval
 mode (the official lin-layer dropout is active); x̂0 of the ε model is clamped to [−1, 1] when
 decoding; and the stream is really entropy-coded.
@@ -56,6 +58,9 @@ from modules.utils import ConfigError
 _SIDE = struct.Struct("<HeI")
 #: per parameterisation: noise schedule, training steps, context channels of the finest level
 VARIANTS = {"x": ("cosine", 8193, 64), "epsilon": ("linear", 20000, 3)}
+#: ε decoding: "matched" (time input n/N as in training, x̂0 clamped) or "official" (i/S, no
+#: clamp, as the official ε test script)
+EPS_SAMPLERS = ("matched", "official")
 
 
 class CDCModule(CodecModule):
@@ -78,6 +83,7 @@ class CDCModule(CodecModule):
         decode_gamma: float = 0.0,
         decode_seed: int | None = None,
         val_steps: int | None = None,
+        eps_sampler: str = "matched",
         lpips_pretrained_backbone: bool = True,
         weights_dir: str | None = None,
         gradient_checkpointing: bool = False,
@@ -99,6 +105,10 @@ class CDCModule(CodecModule):
             )
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"model.rho must be in [0, 1), got {rho}")
+        if eps_sampler not in EPS_SAMPLERS:
+            raise ValueError(
+                f"model.eps_sampler must be one of {EPS_SAMPLERS}, got {eps_sampler!r}"
+            )
         schedule, self.num_train_steps, finest_context = VARIANTS[prediction]
         alphas_cumprod = make_alphas_cumprod(schedule, self.num_train_steps)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
@@ -240,16 +250,23 @@ class CDCModule(CodecModule):
         else:
             x_start = torch.zeros(shape, device=device)
         clamp_x0 = self.hparams.prediction == "x"
+        official_eps = not clamp_x0 and self.hparams.eps_sampler == "official"
+        indices = ddim_indices(self.num_train_steps, steps).to(device)
+
+        def time_input(index: Tensor) -> Tensor:
+            if official_eps:  # the position in the S-step schedule over S
+                return torch.searchsorted(indices, index).float() / steps
+            return index.float() / self.num_train_steps
 
         def denoise(x_t: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-            output = self.unet(x_t, index.float() / self.num_train_steps, context).float()
+            output = self.unet(x_t, time_input(index), context).float()
             alpha = self.alphas_cumprod[index].view(-1, 1, 1, 1)
             if clamp_x0:
                 x0_hat = output.clamp(-1, 1)
                 return x0_hat, eps_from_x0(x_t, x0_hat, alpha)
-            return x0_from_eps(x_t, output, alpha).clamp(-1, 1), output
+            x0_hat = x0_from_eps(x_t, output, alpha)
+            return (x0_hat if official_eps else x0_hat.clamp(-1, 1)), output
 
-        indices = ddim_indices(self.num_train_steps, steps).to(device)
         x0 = ddim_sample(denoise, self._alphas_cumprod64, indices, x_start)
         return (x0.clamp(-1, 1) + 1) / 2
 

@@ -1,9 +1,15 @@
 """ELIC (He et al., CVPR 2022): the learned MSE baseline and CorrDiff's encoder/entropy model.
 
-Networks are CompressAI's `Elic2022Official` (g_a, g_s, hyperprior h_a/h_s with an
-EntropyBottleneck); its space-channel context model is replaced by the shared
-`SpaceChannelContextCodec` (same weights, one rANS string per image). A CompressAI
-`Elic2022Official` state dict loads after `ELICModule.remap_compressai_state_dict`.
+Networks are CompressAI's (g_a, g_s, hyperprior h_a/h_s with an EntropyBottleneck); the
+space-channel context model is replaced by the shared `SpaceChannelContextCodec` (same weights,
+one rANS string per image). `variant` picks the layout:
+    "official"    `Elic2022Official`: the channel context of group k reads every decoded group,
+                  h_s ends at 2N, parameter networks ramp from their input width to 2·g_k
+    "chandelier"  `Elic2022Chandelier`, the layout of the ELiC re-implementation whose released
+                  checkpoints CorrDiff starts from (`scripts/import_official.py elic`): the
+                  channel context reads the first and the most recent group, h_s ends at 2M,
+                  parameter networks in -> 2M -> 512 -> 2·g_k with (means, scales) outputs
+A CompressAI state dict of either class loads after `ELICModule.remap_compressai_state_dict`.
 """
 
 from __future__ import annotations
@@ -12,11 +18,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
-from compressai.models import Elic2022Official
+from compressai.models import Elic2022Chandelier, Elic2022Official
 from torch import Tensor
 
 from modules.base import CodecModule, bits_per_pixel
 from modules.entropy import HyperpriorCodec, SpaceChannelContextCodec
+
+#: variant -> (CompressAI model class, what each group's channel context reads)
+VARIANTS = {
+    "official": (Elic2022Official, "all"),
+    "chandelier": (Elic2022Chandelier, "first_and_previous"),
+}
 
 
 class ELICModule(CodecModule):
@@ -32,6 +44,7 @@ class ELICModule(CodecModule):
         N: int = 192,
         M: int = 320,
         groups: Sequence[int] = (16, 16, 32, 64, 192),
+        variant: str = "official",
         lr: float = 1e-4,
         aux_lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -43,12 +56,18 @@ class ELICModule(CodecModule):
         self.save_hyperparameters()
         if sum(groups) != M:
             raise ValueError(f"model.groups {list(groups)} must sum to model.M={M}")
-        net = Elic2022Official(N=N, M=M, groups=list(groups))
+        if variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        model_class, channel_context_input = VARIANTS[variant]
+        net = model_class(N=N, M=M, groups=list(groups))
         self.g_a = net.g_a
         self.g_s = net.g_s
+        y_codec = SpaceChannelContextCodec.from_compressai(
+            net.latent_codec["y"], channel_context_input=channel_context_input
+        )
         self.latent_codec = HyperpriorCodec(
             latent_codec={
-                "y": SpaceChannelContextCodec.from_compressai(net.latent_codec["y"]),
+                "y": y_codec,
                 "hyper": net.latent_codec["hyper"],
             }
         )
@@ -82,5 +101,6 @@ class ELICModule(CodecModule):
 
     @staticmethod
     def remap_compressai_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Keys of a CompressAI `Elic2022Official` state dict -> this module's keys."""
+        """Keys of a CompressAI `Elic2022Official` or `Elic2022Chandelier` state dict -> this
+        module's keys."""
         return SpaceChannelContextCodec.remap_compressai_state_dict(state_dict, "latent_codec.y.")

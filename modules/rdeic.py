@@ -75,6 +75,7 @@ class RDEICModule(CodecModule):
         num_codes: int = 16384,
         hint_channels: int = 256,
         vq_prior: str = "uniform",
+        context: str = "shared",
         control_ratio: float = 0.2,
         relay_step: int = 299,
         initial_lmbda: float = 2.0,
@@ -129,6 +130,7 @@ class RDEICModule(CodecModule):
             latent_channels=backbone.unet.config.in_channels,
             hint_channels=hint_channels,
             vq_prior=vq_prior,
+            context=context,
         )
         self.control = ControlModule(
             backbone.unet.config, hint_channels=hint_channels, ratio=control_ratio

@@ -294,3 +294,12 @@ def test_both_documented_routes_give_the_same_lr_over_the_target_steps(variant):
         assert second(step) == pytest.approx(lr, rel=1e-12), step
     for step in range(0, warmup, 4999):  # the warm-up stage follows the same rule from step 0
         assert one_run(step) == warmup_alone(step), step
+
+
+def test_eps_sampler_and_elic_variant_are_validated():
+    from modules.elic import ELICModule
+
+    with pytest.raises(ValueError, match="eps_sampler must be one of"):
+        tiny_cdc("epsilon", eps_sampler="clamped")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ELICModule(lmbda=0.01, N=16, M=32, groups=[4, 4, 8, 16], variant="he2022")

@@ -11,7 +11,7 @@ from compressai.latent_codecs import (
     HyperpriorLatentCodec,
 )
 from compressai.layers import CheckerboardMaskedConv2d
-from compressai.models import Elic2022Official, get_scale_table
+from compressai.models import Elic2022Chandelier, Elic2022Official, get_scale_table
 from torch import nn
 
 from modules.entropy import SpaceChannelContextCodec
@@ -141,6 +141,37 @@ def test_matches_elic2022_official_and_remapped_state_dict() -> None:
     assert torch.equal(reloaded["y_hat"], actual["y_hat"])
     assert torch.equal(reloaded["likelihoods"]["y"], actual["likelihoods"]["y"])
     assert torch.equal(decoded["y_hat"], actual["y_hat"])
+
+
+def test_matches_elic2022_chandelier_first_and_previous_group_context() -> None:
+    """Chandelier's layout: channel context from the first and the latest group, parameter
+    networks chunked (means, scales); the all-groups context reads other inputs."""
+    torch.manual_seed(0)
+    net = Elic2022Chandelier(N=16, M=32, groups=[4, 4, 8, 16]).eval()
+    reference = net.latent_codec["y"]
+    codec = SpaceChannelContextCodec.from_compressai(reference, "first_and_previous").eval()
+    assert codec.chunks == ("means", "scales")
+    codec.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
+    y, side_params = make_inputs(channels=32, side=64)
+    with torch.no_grad():
+        expected = reference(y, side_params)
+        actual = codec(y, side_params)
+        compressed = codec.compress(y, side_params)
+        decoded = codec.decompress(compressed["strings"], compressed["shape"], side_params)
+    torch.testing.assert_close(actual["y_hat"], expected["y_hat"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        actual["likelihoods"]["y"], expected["likelihoods"]["y"], atol=1e-5, rtol=0
+    )
+    assert torch.equal(decoded["y_hat"], actual["y_hat"])
+    # reading every previous group instead feeds group 3's context 16 channels, not 12
+    everything = SpaceChannelContextCodec.from_compressai(reference).eval()
+    with pytest.raises(RuntimeError, match="channels"):
+        everything(y, side_params)
+    swapped = SpaceChannelContextCodec.from_compressai(reference, "first_and_previous")
+    swapped.chunks = ("scales", "means")
+    with torch.no_grad():
+        wrong = swapped.eval()(y, side_params)["likelihoods"]["y"]
+    assert (wrong - expected["likelihoods"]["y"]).abs().max() > 1e-3
 
 
 def test_remap_rejects_unknown_keys_under_prefix() -> None:

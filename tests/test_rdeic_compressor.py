@@ -484,6 +484,63 @@ def test_full_size_parameter_counts_match_closed_form():
     assert n_params(model.out) == conv(3, 256, 4)
 
 
+def test_official_context_has_separate_anchor_networks():
+    """context="official": the anchors have their own networks reading [channel ctx,] hyper
+    (1.40 M parameters at the paper's widths, against 0.74 M for the shared networks), so the
+    non-anchor network does not touch the anchors' parameters."""
+
+    def aggregation(i: int, o: int) -> int:
+        return (
+            i * (5 * o // 3)
+            + 5 * o // 3
+            + (5 * o // 3) * (4 * o // 3)
+            + 4 * o // 3
+            + (4 * o // 3) * o
+            + o
+        )
+
+    groups, c = (8, 8, 8, 8, 16, 16, 32, 32, 64, 64), 256
+    shared = sum(aggregation(2 * g + 2 * g * (k > 0) + 2 * c, 2 * g) for k, g in enumerate(groups))
+    anchors = sum(aggregation(2 * g * (k > 0) + 2 * c, 2 * g) for k, g in enumerate(groups))
+    official = RDEICCompressor(context="official", num_codes=16).latent_codec
+    assert n_params(official.param_aggregation) == shared
+    assert n_params(official.anchor_param_aggregation) == anchors
+    assert round((shared + anchors) / 1e6, 2) == 1.40 and round(shared / 1e6, 2) == 0.74
+
+    feature = torch.randn(1, 16, 16, 16)
+    group0 = TINY["groups"][0]
+    for context, anchors_move in (("shared", True), ("official", False)):
+        model = trained(tiny_compressor(context=context), feature)
+        with torch.no_grad():
+            y = model.g_a(feature)
+            params = model._hyper_params(model.vq.lookup(model.vq.nearest(model.h_a(y))))
+            before = model.latent_codec(y, params)["likelihoods"]["y"][:, :group0]
+            model.latent_codec.param_aggregation[0][0].bias.add_(1.0)  # the non-anchor network
+            after = model.latent_codec(y, params)["likelihoods"]["y"][:, :group0]
+        anchor, non_anchor = model.latent_codec._split(after - before)
+        assert (anchor.abs().max() > 0) == anchors_move, context
+        assert non_anchor.abs().max() > 0
+    with torch.no_grad():
+        coded = model.compress(feature)
+        decoded = model.decompress(coded["strings"], coded["shape"])
+    assert torch.equal(decoded["z_c"], model(feature)["z_c"])
+    with pytest.raises(ValueError, match="context must be one of"):
+        tiny_compressor(context="separate")
+
+
+def test_one_position_hyper_latent_decodes_bit_for_bit():
+    """A 1×1 hyper-latent (a 64×64 image): the decoder's code lookup and the encoder's forward
+    feed h_s tensors of the same strides, hence the same convolution kernels."""
+    model = trained(tiny_compressor(), torch.randn(2, 16, 16, 16)).eval()
+    feature = 10 * torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        coded = model.compress(feature)
+        decoded = model.decompress(coded["strings"], coded["shape"])
+        forward = model(feature)
+    assert coded["shape"] == (1, 1)
+    assert torch.equal(decoded["hint"], forward["hint"])
+
+
 def test_resampling_blocks_use_the_official_activation_slopes():
     """RBS and RBU apply LeakyReLU(0.01) then LeakyReLU(0.1) (official `res_blk.py`); written
     out here with F.conv2d / F.leaky_relu, independently of the modules' own Sequential."""

@@ -25,6 +25,12 @@ from .precision import entropy_fp32
 # 1: non-anchors), all tensors being checkerboard halves of shape [B, C, H, W // 2].
 _Step = Callable[[int, int, Tensor, Tensor], Tensor]
 
+#: what the channel context of group k reads: every decoded group (ELIC) or the first and the
+#: most recent one (the Chandelier re-implementation, CompressAI's ``Elic2022Chandelier``)
+CHANNEL_CONTEXT_INPUTS = ("all", "first_and_previous")
+#: order of the two halves of a parameter network's output
+CHUNK_ORDERS = (("scales", "means"), ("means", "scales"))
+
 _COMPRESSAI_GROUP_KEY = re.compile(
     r"latent_codec\.y(\d+)\.(context_prediction|entropy_parameters|y\.gaussian_conditional)\.(.+)"
 )
@@ -47,18 +53,29 @@ class SpaceChannelContextCodec(LatentCodec):
     Args:
         groups: Channels of each group.
         channel_context: ``"y1"`` .. ``"y{K-1}"``; module ``k`` maps the concatenated
-            ``y_hat`` of groups ``0..k-1`` to ``2 * groups[k]`` channels.
+            ``y_hat`` of the groups ``channel_context_input`` names to ``2 * groups[k]``
+            channels.
         spatial_context: Per group, ``groups[k] -> 2 * groups[k]`` channels, applied to a
             full-resolution tensor holding the decoded anchors and zeros elsewhere
             (e.g. a 5x5 ``CheckerboardMaskedConv2d``).
         param_aggregation: Per group, a pointwise network (1x1 convs, pointwise
             activations) mapping ``cat([spatial, channel (k > 0 only), side_params])`` to
-            ``2 * groups[k]`` channels, chunked as ``(scales, means)``.
+            ``2 * groups[k]`` channels, chunked as ``chunks``. Without
+            ``anchor_param_aggregation`` it also serves the anchor pass, with a zero spatial
+            context, as in CompressAI.
         anchor_parity: ``"even"``: anchors at (even, even) and (odd, odd) positions, as in
             CompressAI; ``"odd"``: the other half.
         scale_table: Scale table of the shared ``GaussianConditional``
             (default: CompressAI's ``get_scale_table()``).
         scale_bound: Lower bound on the predicted scales.
+        channel_context_input: ``"all"``: group ``k`` reads groups ``0..k-1`` (ELIC);
+            ``"first_and_previous"``: group 0, and group ``k-1`` for ``k > 1`` (CompressAI's
+            ``Elic2022Chandelier``).
+        chunks: Order of the parameter networks' output halves, ``("scales", "means")`` or
+            ``("means", "scales")``.
+        anchor_param_aggregation: Optional separate anchor-pass networks (official RDEIC):
+            per group, ``cat([channel (k > 0 only), side_params])`` -> ``2 * groups[k]``;
+            ``param_aggregation`` then serves the non-anchors only.
 
     [He2022]: "ELIC: Efficient Learned Image Compression with Unevenly Grouped
     Space-Channel Contextual Adaptive Coding", CVPR 2022.
@@ -73,14 +90,30 @@ class SpaceChannelContextCodec(LatentCodec):
         anchor_parity: str = "even",
         scale_table: Sequence[float] | None = None,
         scale_bound: float = 0.11,
+        channel_context_input: str = "all",
+        chunks: Sequence[str] = ("scales", "means"),
+        anchor_param_aggregation: Sequence[nn.Module] | None = None,
     ):
         super().__init__()
         if anchor_parity not in ("even", "odd"):
             raise ValueError(f"anchor_parity must be 'even' or 'odd', got {anchor_parity!r}")
+        if channel_context_input not in CHANNEL_CONTEXT_INPUTS:
+            raise ValueError(
+                f"channel_context_input must be one of {CHANNEL_CONTEXT_INPUTS}, "
+                f"got {channel_context_input!r}"
+            )
+        if tuple(chunks) not in CHUNK_ORDERS:
+            raise ValueError(f"chunks must be one of {CHUNK_ORDERS}, got {tuple(chunks)}")
         if not groups or any(g <= 0 for g in groups):
             raise ValueError(f"groups must be positive channel counts, got {list(groups)}")
-        if len(spatial_context) != len(groups) or len(param_aggregation) != len(groups):
-            raise ValueError("spatial_context and param_aggregation need one module per group")
+        per_group = [spatial_context, param_aggregation]
+        if anchor_param_aggregation is not None:
+            per_group.append(anchor_param_aggregation)
+        if any(len(modules) != len(groups) for modules in per_group):
+            raise ValueError(
+                "spatial_context, param_aggregation and anchor_param_aggregation need one "
+                "module per group"
+            )
         expected_keys = {f"y{k}" for k in range(1, len(groups))}
         if set(channel_context) != expected_keys:
             raise ValueError(
@@ -89,9 +122,14 @@ class SpaceChannelContextCodec(LatentCodec):
             )
         self.groups = [int(g) for g in groups]
         self.anchor_parity = anchor_parity
+        self.channel_context_input = channel_context_input
+        self.chunks = tuple(chunks)
         self.channel_context = nn.ModuleDict(channel_context)
         self.spatial_context = nn.ModuleList(spatial_context)
         self.param_aggregation = nn.ModuleList(param_aggregation)
+        self.anchor_param_aggregation = (
+            None if anchor_param_aggregation is None else nn.ModuleList(anchor_param_aggregation)
+        )
         table = get_scale_table().tolist() if scale_table is None else scale_table
         self.gaussian_conditional = GaussianConditional(
             [float(s) for s in table], scale_bound=scale_bound
@@ -193,7 +231,10 @@ class SpaceChannelContextCodec(LatentCodec):
         for k, g in enumerate(self.groups):
             ctx_ = side_
             if k > 0:
-                channel_ = self._split(self.channel_context[f"y{k}"](torch.cat(y_hat_, dim=1)))
+                support = y_hat_
+                if self.channel_context_input == "first_and_previous":
+                    support = y_hat_[:1] if k == 1 else [y_hat_[0], y_hat_[-1]]
+                channel_ = self._split(self.channel_context[f"y{k}"](torch.cat(support, dim=1)))
                 ctx_ = tuple(torch.cat(pair, dim=1) for pair in zip(channel_, side_, strict=True))
             b, _, h, w_half = side_[0].shape
             spatial = side_params.new_zeros((b, 2 * g, h, w_half))
@@ -204,8 +245,12 @@ class SpaceChannelContextCodec(LatentCodec):
         return torch.cat(y_hat_, dim=1)
 
     def _pass(self, k: int, i: int, spatial: Tensor, ctx: Tensor, step: _Step) -> Tensor:
-        params = self.param_aggregation[k](torch.cat((spatial, ctx), dim=1))
-        scales, means = params.chunk(2, dim=1)
+        if i == 0 and self.anchor_param_aggregation is not None:
+            params = self.anchor_param_aggregation[k](ctx)
+        else:
+            params = self.param_aggregation[k](torch.cat((spatial, ctx), dim=1))
+        first, second = params.chunk(2, dim=1)
+        scales, means = (first, second) if self.chunks == ("scales", "means") else (second, first)
         return step(k, i, scales, means)
 
     # Same layout as CheckerboardLatentCodec.unembed/embed, which are bound to that class;
@@ -252,33 +297,44 @@ class SpaceChannelContextCodec(LatentCodec):
         return gc.quantized_cdf.tolist(), gc.cdf_length.tolist(), gc.offset.tolist()
 
     @classmethod
-    def from_compressai(cls, codec: ChannelGroupsLatentCodec) -> Self:
-        """Build a codec sharing the networks of a CompressAI ``Elic2022Official``-style codec.
+    def from_compressai(
+        cls, codec: ChannelGroupsLatentCodec, channel_context_input: str = "all"
+    ) -> Self:
+        """Build a codec sharing the networks of a CompressAI ``Elic2022Official``-style codec
+        (or, with ``channel_context_input="first_and_previous"``, ``Elic2022Chandelier``'s).
 
         Shares ``channel_context``, each group's ``context_prediction`` and
-        ``entropy_parameters``, and group 0's ``GaussianConditional``.
+        ``entropy_parameters``, and group 0's ``GaussianConditional``; the groups' chunk
+        order carries over.
         """
         group_codecs = [codec.latent_codec[f"y{k}"] for k in range(len(codec.groups))]
+        chunk_orders = set()
         for group_codec in group_codecs:
             inner = group_codec.y if isinstance(group_codec, CheckerboardLatentCodec) else None
             if not (
                 isinstance(inner, GaussianConditionalLatentCodec)
-                and inner.chunks == ("scales", "means")
+                and tuple(inner.chunks) in CHUNK_ORDERS
                 and isinstance(inner.entropy_parameters, nn.Identity)
             ):
                 raise ValueError(
                     "expected a CheckerboardLatentCodec over a GaussianConditionalLatentCodec "
-                    "with chunks ('scales', 'means') per group"
+                    f"with chunks {CHUNK_ORDERS[0]} or {CHUNK_ORDERS[1]} per group"
                 )
+            chunk_orders.add(tuple(inner.chunks))
         parities = {group_codec.anchor_parity for group_codec in group_codecs}
-        if len(parities) != 1:
-            raise ValueError(f"groups disagree on anchor_parity: {sorted(parities)}")
+        if len(parities) != 1 or len(chunk_orders) != 1:
+            raise ValueError(
+                f"groups disagree on anchor_parity {sorted(parities)} or chunks "
+                f"{sorted(chunk_orders)}"
+            )
         scctx = cls(
             codec.groups,
             codec.channel_context,
             [group_codec.context_prediction for group_codec in group_codecs],
             [group_codec.entropy_parameters for group_codec in group_codecs],
             anchor_parity=parities.pop(),
+            channel_context_input=channel_context_input,
+            chunks=chunk_orders.pop(),
         )
         scctx.gaussian_conditional = group_codecs[0].y.gaussian_conditional
         return scctx

@@ -251,9 +251,14 @@ def _flatten(z: Tensor) -> Tensor:
 
 
 def _unflatten(rows: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """(B·H·W)×C -> contiguous B×C×H×W."""
+    """(B·H·W)×C -> contiguous B×C×H×W with the standard strides.
+
+    `.contiguous()` would keep the permuted strides of size-1 dimensions (a 1×1 hyper-latent of
+    a 64×64 image), and convolutions pick their kernel by the strides: the decoder's lookup and
+    the encoder's forward would then compute the hyper parameters with different kernels.
+    """
     b, c, h, w = shape
-    return rows.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+    return rows.view(b, h, w, c).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def _squared_distances(features: Tensor, codes: Tensor) -> Tensor:

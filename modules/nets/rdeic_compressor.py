@@ -16,6 +16,9 @@ from modules.entropy.vector_quantizer import VectorQuantizer
 #: negative slopes of the two activations of the strided and sub-pixel blocks (official RDEIC:
 #: PyTorch's default 0.01, then 0.1; the plain residual blocks use 0.01 twice)
 RESAMPLING_SLOPES = (0.01, 0.1)
+#: parameter networks of the context model: one per group for both checkerboard passes, or the
+#: official code's separate anchor and non-anchor networks
+CONTEXTS = ("shared", "official")
 
 
 class StridedResidualBlock(nn.Module):
@@ -92,11 +95,13 @@ class RDEICCompressor(nn.Module):
     at parity "odd" (as the official code), channel context over all previous groups, and a
     plain 5×5 conv as spatial context: the codec feeds it the decoded anchors with zeros at
     the non-anchors and reads it at non-anchors only, so it equals CompressAI's
-    ``CheckerboardMaskedConv2d`` with the same weights. Unlike the official SCCTX, which has
-    separate parameter networks for the anchor pass (input [channel ctx,] hyper) and the
-    non-anchor pass (input spatial ctx, [channel ctx,] hyper), each group has one network
-    shared by both passes, as in CompressAI, with a zero spatial context for anchors; so the
-    official entropy-parameter weights do not map onto this model one to one.
+    ``CheckerboardMaskedConv2d`` with the same weights. ``context`` chooses the parameter
+    networks: "shared" (default, for training from scratch): each group has one network for
+    both passes, as in CompressAI, with a zero spatial context for anchors (0.74 M parameters
+    at the paper's widths); "official": separate networks for the anchor pass (input
+    [channel ctx,] hyper) and the non-anchor pass (input spatial ctx, [channel ctx,] hyper), as
+    the official SCCTX (1.40 M parameters), which is the layout the released checkpoints load
+    into (``scripts/import_official.py rdeic``).
 
     ``likelihoods`` holds y's and, as "z", the VQ coder's probability of each index: the index
     cost carries no gradient, so a loss on all likelihoods trains exactly as the official loss
@@ -112,11 +117,14 @@ class RDEICCompressor(nn.Module):
         latent_channels: int = 4,
         hint_channels: int = 256,
         vq_prior: str = "uniform",
+        context: str = "shared",
     ) -> None:
         super().__init__()
         groups = [int(g) for g in groups]
         if sum(groups) != channels:
             raise ValueError(f"groups {groups} must sum to channels={channels}")
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         if channels % 2:
             raise ValueError(f"channels must be even, got {channels}")
         c = channels
@@ -142,6 +150,12 @@ class RDEICCompressor(nn.Module):
             ResidualBlock(c, c * 3 // 2),
             ResidualBlock(c * 3 // 2, 2 * c),
         )
+        anchor_networks = None  # official: anchors read [channel ctx,] hyper, no spatial ctx
+        if context == "official":
+            anchor_networks = [
+                _param_aggregation((2 * g if k else 0) + 2 * c, 2 * g)
+                for k, g in enumerate(groups)
+            ]
         self.latent_codec = SpaceChannelContextCodec(
             groups,
             channel_context={
@@ -153,6 +167,7 @@ class RDEICCompressor(nn.Module):
                 _param_aggregation(2 * g + (2 * g if k else 0) + 2 * c, 2 * g)
                 for k, g in enumerate(groups)
             ],
+            anchor_param_aggregation=anchor_networks,
             anchor_parity="odd",
             scale_bound=0.11,
         )
