@@ -35,6 +35,7 @@ class ELICModule(CodecModule):
     """ELIC trained with CompressAI's MSE objective λ·255²·MSE + bpp."""
 
     method = "elic"
+    num_strings, side_bytes = 2, 0  # y (space-channel context), z (hyperprior)
     #: downsampling of y (g_a) and z (h_a)
     y_stride, z_stride = 16, 64
 

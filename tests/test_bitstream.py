@@ -27,10 +27,10 @@ def test_round_trip(strings: tuple[bytes, ...], size: tuple[int, int], side: byt
     for method in METHOD_IDS:
         stream = Bitstream(method, FP, *size, strings, side)
         data = stream.to_bytes()
-        assert (
-            Bitstream.from_bytes(data, method=method, fingerprint=FP, num_strings=len(strings))
-            == stream
+        parsed = Bitstream.from_bytes(
+            data, method=method, fingerprint=FP, num_strings=len(strings), max_pixels=None
         )
+        assert parsed == stream
         payload = sum(len(s) for s in strings) + len(side)
         assert stream.overhead_bytes == len(data) - payload
 
@@ -94,6 +94,29 @@ def test_huge_lengths_do_not_allocate_or_hang() -> None:
         Bitstream.from_bytes(with_crc(head + b"\xff" * 11 + b"\x00"))
     with pytest.raises(BitstreamError, match="height 0 out of range"):
         Bitstream.from_bytes(with_crc(MAGIC + bytes((1, 1)) + FP + b"\x00\x07\x00\x00"))
+
+
+@pytest.mark.parametrize("size", [(65535, 65535), (20000, 20000), (8193, 8192)])
+def test_decompression_bombs_are_refused_before_decoding(size: tuple[int, int]) -> None:
+    data = Bitstream("rdeic", FP, *size, (b"\x00" * 8,)).to_bytes()  # valid CRC, tiny payload
+    with pytest.raises(BitstreamError, match=rf"{size[1]}×{size[0]} image .* limit of 67108864"):
+        Bitstream.from_bytes(data)
+    assert Bitstream.from_bytes(data, max_pixels=None).height == size[0]
+
+
+def test_pixel_limit_is_configurable(monkeypatch) -> None:
+    import modules.entropy.bitstream as bitstream
+
+    eight_k = Bitstream("cdc", FP, 4320, 7680, ()).to_bytes()
+    assert Bitstream.from_bytes(eight_k).width == 7680  # 8K UHD is within the default
+    assert bitstream.MAX_IMAGE_PIXELS == 8192**2
+    monkeypatch.setattr(bitstream, "MAX_IMAGE_PIXELS", 4320 * 7680 - 1)
+    with pytest.raises(BitstreamError, match="limit of 33177599"):
+        Bitstream.from_bytes(eight_k)
+    monkeypatch.setattr(bitstream, "MAX_IMAGE_PIXELS", None)
+    assert Bitstream.from_bytes(Bitstream("cdc", FP, 65535, 65535, ()).to_bytes()).height == 65535
+    with pytest.raises(BitstreamError, match="limit of 100"):
+        Bitstream.from_bytes(eight_k, max_pixels=100)
 
 
 def test_expectations_name_what_differs() -> None:

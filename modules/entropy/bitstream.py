@@ -7,6 +7,10 @@ Layout (varints are unsigned LEB128)::
     | varint n_strings | n_strings x (varint length | bytes)
     | varint side length | side bytes
     | CRC32 of everything before it (4, big-endian)
+
+Streams are untrusted input: a stream that claims more than `MAX_IMAGE_PIXELS` pixels is refused
+when it is parsed, before a decoder allocates anything (as PIL's `Image.MAX_IMAGE_PIXELS`; set it,
+or pass `max_pixels`, to decode larger images; None disables the check).
 """
 
 import hashlib
@@ -26,6 +30,8 @@ _FINGERPRINT_BYTES = 4
 _CRC_BYTES = 4
 _MAX_VARINT_BYTES = 10
 _MAX_SIZE = 65535
+#: the largest image (H·W) a stream may claim: 8192² covers 8K UHD and DCI 8K frames
+MAX_IMAGE_PIXELS: int | None = 8192 * 8192
 # Magic, version, method, fingerprint, four one-byte varints (height, width, n_strings,
 # side length) and the CRC.
 _MIN_STREAM_BYTES = len(MAGIC) + 2 + _FINGERPRINT_BYTES + 4 + _CRC_BYTES
@@ -108,11 +114,13 @@ class Bitstream:
         method: str | None = None,
         fingerprint: bytes | None = None,
         num_strings: int | None = None,
+        max_pixels: int | None = -1,
     ) -> Self:
         """Parse and validate ``data``; any problem raises :class:`BitstreamError`.
 
         ``method``, ``fingerprint`` and ``num_strings``, when given, are checked against
-        the stream.
+        the stream; ``max_pixels`` bounds height·width (default `MAX_IMAGE_PIXELS`; None: no
+        bound).
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BitstreamError(f"expected bytes, got {type(data).__name__}")
@@ -151,6 +159,13 @@ class Bitstream:
         for name, size in (("height", height), ("width", width)):
             if not 1 <= size <= _MAX_SIZE:
                 raise BitstreamError(f"{name} {size} out of range 1..{_MAX_SIZE}")
+        limit = MAX_IMAGE_PIXELS if max_pixels == -1 else max_pixels
+        if limit is not None and height * width > limit:
+            raise BitstreamError(
+                f"stream claims a {width}×{height} image ({height * width} pixels), more than "
+                f"the limit of {limit} (modules.entropy.bitstream.MAX_IMAGE_PIXELS; raise it to "
+                "decode larger images)"
+            )
 
         stream_method = _METHOD_NAMES[method_id]
         if method is not None and stream_method != method:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,8 +14,10 @@ from compressai.latent_codecs import (
 )
 from torch import Tensor, nn
 
+from .bitstream import BitstreamError
 from .buffers import resize_entropy_buffers_hook
 from .precision import entropy_fp32
+from .rans import decoder_input
 
 
 class HyperpriorCodec(HyperpriorLatentCodec):
@@ -41,9 +44,28 @@ class HyperpriorCodec(HyperpriorLatentCodec):
     def decompress(
         self, strings: list[list[bytes]], shape: dict[str, tuple[int, ...]], **kwargs: Any
     ) -> dict[str, Any]:
+        """CompressAI's decompress, with every string checked and padded for the C++ decoder
+        (`modules.entropy.rans`): a crafted string is a BitstreamError or decodes to garbage."""
+        *y_strings_, z_strings = strings
+        if not y_strings_ or any(len(y) != len(z_strings) for y in y_strings_):
+            raise BitstreamError(
+                f"expected y strings and z strings per batch item, got {len(strings)} lists"
+            )
+        hyper, y_codec = self.latent_codec["hyper"], self.latent_codec["y"]
+        z_symbols = hyper.entropy_bottleneck.channels * math.prod(shape["hyper"])
+        z_strings = [decoder_input(s, z_symbols, "the hyper-latent z") for s in z_strings]
         device_type = next(self.parameters()).device.type
         with entropy_fp32(device_type):
-            return super().decompress(strings, shape, **kwargs)
+            params = hyper.decompress([z_strings], shape["hyper"])["params"]
+            if isinstance(y_codec, GaussianConditionalLatentCodec):  # else the codec checks
+                # an upper bound of y's symbols: params hold (scales, means) per channel
+                y_symbols = params.shape[1] * math.prod(shape["y"])
+                y_strings_ = [
+                    [decoder_input(s, y_symbols, "the latent y") for s in y_strings]
+                    for y_strings in y_strings_
+                ]
+            y_out = y_codec.decompress(y_strings_, shape["y"], params)
+        return {"y_hat": y_out["y_hat"]}
 
 
 def mean_scale_hyperprior(

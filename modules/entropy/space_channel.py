@@ -17,9 +17,9 @@ from compressai.models import get_scale_table
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from .bitstream import BitstreamError
 from .buffers import resize_entropy_buffers_hook
 from .precision import entropy_fp32
+from .rans import decoder_input
 
 # ``step(k, i, scales, means)`` returns y_hat of group ``k``, pass ``i`` (0: anchors,
 # 1: non-anchors), all tensors being checkerboard halves of shape [B, C, H, W // 2].
@@ -198,13 +198,10 @@ class SpaceChannelContextCodec(LatentCodec):
         gc = self.gaussian_conditional
         cdf, cdf_lengths, offsets = self._cdf_tables()
         decoders = []
+        num_symbols = sum(self.groups) * shape[0] * shape[1]
         for string in strings[0]:
-            # rANS64 strings are 32-bit words with an 8-byte final state; the C++ decoder
-            # does not bound-check, so reject anything else before handing it over.
-            if len(string) < 8 or len(string) % 4:
-                raise BitstreamError(f"malformed rANS string of {len(string)} bytes")
             decoder = RansDecoder()
-            decoder.set_stream(string)
+            decoder.set_stream(decoder_input(string, num_symbols, "the latent y"))
             decoders.append(decoder)
 
         with entropy_fp32(side_params.device.type):

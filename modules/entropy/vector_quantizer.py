@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from .bitstream import BitstreamError
 from .precision import entropy_fp32
+from .rans import decoder_input
 
 #: probability precision of CompressAI's rANS coder, in bits
 RANS_PRECISION = 16
-_RANS_FINAL_STATE_BYTES = 8
 _PRIORS = ("uniform", "usage")
 
 
@@ -227,15 +227,10 @@ class VectorQuantizer(nn.Module):
         m = len(_rans_symbols([0] * n))
         # CompressAI's encoder writes at most one 32-bit word per symbol, its final state
         # included; anything else cannot be a string of m symbols.
-        if not _RANS_FINAL_STATE_BYTES <= len(string) <= 4 * m or len(string) % 4:
+        if len(string) > 4 * m:
             raise BitstreamError(f"malformed rANS string of {len(string)} bytes for {n} indices")
-        # The C++ decoder reads without bounds checks. On a corrupt string it can take the
-        # escape (bypass) path, which reads up to ~16x the string's bits plus a bounded amount
-        # per symbol; zero padding keeps every read inside the buffer.
-        padding = bytes(32 * len(string) + 256 * m + 256)
-        symbols = RansDecoder().decode_with_indexes(
-            string + padding, [0] * m, [cdf], [len(cdf)], [0]
-        )
+        padded = decoder_input(string, m, f"{n} VQ indices")
+        symbols = RansDecoder().decode_with_indexes(padded, [0] * m, [cdf], [len(cdf)], [0])
         values = np.asarray(symbols[:n], dtype=np.int64)
         if min(symbols) < 0 or max(symbols) >= self.num_codes or symbols[n:] != [0] * (m - n):
             raise BitstreamError("rANS string does not decode to VQ indices")
