@@ -1,6 +1,8 @@
 """Evaluate checkpoints with real bitstreams: `python eval.py ckpt_path=<ckpts> data=<set>`.
 
-`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve).
+`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve); every
+point evaluated into the output folder stays in its results.json and summary.md, one curve per
+sweep and decoding setting.
 
 Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_node=N eval.py ...`
 (images are sharded over the ranks). Re-running the same command resumes where it stopped.
@@ -22,7 +24,7 @@ from modules.evaluation import (
     init_distributed,
     metric_suite,
     rank_and_world,
-    write_curve,
+    write_curves,
     write_summary,
 )
 from modules.utils import (
@@ -63,8 +65,29 @@ def point_label(ckpt_path: str, decoding: dict[str, Any] | None) -> str:
     return label
 
 
+def curve_name(name: str, decoding: dict[str, Any] | None) -> str:
+    """Name of the RD curve of a sweep evaluated with fixed decoding options."""
+    if not decoding:
+        return name
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(decoding.items()))})"
+
+
+def data_settings(datamodule: Any) -> dict[str, Any]:
+    """The evaluation set's settings that change a number (its folder resolved): resume key."""
+    spec = {k: v for k, v in datamodule.specs["test"].items() if k != "homepage"}
+    if spec.get("root") is not None:
+        spec["root"] = str(Path(spec["root"]).resolve())
+    return spec
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate every checkpoint of `cfg.ckpt_path` on every set; returns the RD curves by set."""
+    """Evaluate every checkpoint of `cfg.ckpt_path` on every set; returns, per set, the
+    results.json of its folder (every curve evaluated there)."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "ckpt_path is required: python eval.py ckpt_path=<checkpoint, glob or list> "
+            "data=<set> (see python eval.py --help)"
+        )
     checkpoints = expand_checkpoints(cfg.ckpt_path)
     device = init_distributed(cfg.device)
     rank, world = rank_and_world()
@@ -72,14 +95,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     metrics = metric_suite(cfg.metrics, device)
     sets = [hydra.utils.instantiate(c, _convert_="all") for c in dataset_configs(cfg)]
-    points: dict[str, list[tuple[str, dict[str, Any]]]] = {d.test_name: [] for d in sets}
     hardware = f"{world} × {device_name(device)}"
     for ckpt_path in checkpoints:
-        codec = load_codec(ckpt_path, map_location=device)
+        codec = load_codec(
+            ckpt_path,
+            map_location=device,
+            backbone_path=cfg.backbone.path,
+            weights_dir=cfg.paths.weights_dir,
+        )
         codec.set_decoding(**decoding)
         label = point_label(ckpt_path, decoding)
         for datamodule in sets:
-            results = evaluate_point(
+            evaluate_point(
                 codec,
                 datamodule.eval_images(),
                 metrics,
@@ -89,18 +116,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 meta={
                     "checkpoint": str(Path(ckpt_path).resolve()),
                     "dataset": datamodule.test_name,
+                    "data": data_settings(datamodule),
                 },
                 save_outputs=cfg.save_outputs,
                 resume=cfg.resume,
                 fid_min_patches=cfg.metrics.fid_min_patches,
+                curve=curve_name(cfg.experiment_name, decoding),
             )
-            points[datamodule.test_name].append((label, results))
     curves = {}
     if rank == 0:
-        for dataset, dataset_points in points.items():
-            curve_path = out_dir / dataset / "results.json"
-            curves[dataset] = write_curve(curve_path, cfg.experiment_name, dataset, dataset_points)
-        summary = write_summary(out_dir / "summary.md", curves, hardware)
+        for datamodule in sets:
+            dataset = datamodule.test_name
+            curves[dataset] = write_curves(out_dir / dataset, dataset)
+        summary = write_summary(out_dir / "summary.md", hardware)
         log.info(f"Results in {out_dir}\n{summary}")
     return curves
 

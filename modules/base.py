@@ -9,16 +9,22 @@ Contract (CompressAI's, extended to bytes):
 Subclasses implement `forward`, `rd_loss`, `compress_padded` and `decompress_padded`; this class
 pads to the model's multiple and crops back, writes/validates the container, sets up one optimizer
 with the entropy bottlenecks' quantiles as a second parameter group, clips only the main group,
-logs the RD terms, keeps frozen networks in eval mode and out of checkpoints.
+logs the RD terms, keeps frozen networks in eval mode and out of checkpoints, checks the
+hyper-parameters against the subclass's type hints (a bad config value fails at construction, not
+deep in training) and logs one INFO line when a phase of the recipe begins (`training_phases`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
+import logging
 import math
+import types
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.base import get_scale_table
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from modules.entropy import Bitstream, fingerprint
+from modules.entropy import Bitstream, BitstreamError, fingerprint
 from modules.entropy.buffers import resize_entropy_buffers
 from modules.utils import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
@@ -74,6 +83,10 @@ class CodecModule(L.LightningModule, ABC):
     method: ClassVar[str]
     #: images are padded to a multiple of this before coding and cropped back after decoding
     pad_multiple: ClassVar[int] = 64
+    #: entropy-coded strings in every stream of the method (None: the method checks them)
+    num_strings: ClassVar[int | None] = None
+    #: bytes of side information in every stream (None: variable, the method checks it)
+    side_bytes: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -91,7 +104,14 @@ class CodecModule(L.LightningModule, ABC):
         super().__init__()
         self._frozen: dict[str, nn.Module] = {}
         self._fingerprint: bytes | None = None
+        self._phase: tuple[int, str] | None = None
         self.decoding: dict[str, Any] = {}
+
+    def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs):
+        """Lightning's `save_hyperparameters`, then every value checked against the type hints
+        of the subclass's `__init__` (`model.lmbda=abc` is a ConfigError at construction)."""
+        super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)
+        check_hyperparameters(type(self), self.hparams)
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -111,6 +131,20 @@ class CodecModule(L.LightningModule, ABC):
         self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
     ) -> Tensor:
         """Inverse of `compress_padded` for a padded image of `size` (H, W)."""
+
+    def training_phases(self) -> list[tuple[int, str]]:
+        """(first step, description) of each phase of the recipe, in order; the base class logs
+        one INFO line when a phase begins or a run resumes inside it. A phase that starts where
+        the next one starts is empty and never logged. Single-phase recipes return []."""
+        return []
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        started = [phase for phase in self.training_phases() if phase[0] <= self.global_step]
+        if started and started[-1] != self._phase:
+            self._phase = start, description = started[-1]
+            resumed = "" if start == self.global_step else f" (resumed at {self.global_step})"
+            if rank_zero_only.rank == 0:
+                log.info(f"{description} from step {start}{resumed}")
 
     def set_decoding(self, **options: Any) -> None:
         """Change decoder settings (e.g. CDC's steps, γ, seed); the others keep their value.
@@ -162,6 +196,11 @@ class CodecModule(L.LightningModule, ABC):
         for key in [k for k in state if self._is_frozen_key(k)]:
             del state[key]
         checkpoint["codec_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if "backbone" in self._frozen and "backbone" in self.hparams:  # built from its config:
+            # record which backbone decoding needs, so that load_codec finds it elsewhere
+            from modules.diffusion.sd_backbone import backbone_record
+
+            checkpoint["backbone"] = backbone_record(self.hparams.backbone, self.backbone)
 
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign=False):
         """Load trainable weights and coder tables; frozen networks must be the only omission."""
@@ -240,6 +279,15 @@ class CodecModule(L.LightningModule, ABC):
         x = x.unsqueeze(0) if x.dim() == 3 else x
         if x.dim() != 4 or x.shape[:2] != (1, 3):
             raise ValueError(f"compress expects one RGB image 1×3×H×W, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"compress expects a float image in [0, 1], got {x.dtype} (divide 8-bit images "
+                "by 255)"
+            )
+        low, high = (float(v) for v in torch.aminmax(x.detach()))
+        if not (low >= 0 and high <= 1):  # also NaN
+            hint = " (an 8-bit image? divide it by 255)" if high > 1.5 else ""
+            raise ValueError(f"compress expects values in [0, 1], got [{low:g}, {high:g}]{hint}")
         height, width = x.shape[-2:]
         with self._coding_mode():
             padded = pad_to_multiple(x.to(self.device, torch.float32), self.pad_multiple)
@@ -258,16 +306,28 @@ class CodecModule(L.LightningModule, ABC):
         """Decode bytes written by `compress` of this model -> 1×3×H×W image in [0, 1].
 
         Raises modules.entropy.BitstreamError for a truncated, corrupted, foreign or
-        other-model stream.
+        other-model stream, one whose strings or side information do not fit the method, or one
+        that claims more than `modules.entropy.bitstream.MAX_IMAGE_PIXELS` pixels.
         """
-        stream = Bitstream.from_bytes(data, method=self.method, fingerprint=self.model_fingerprint)
+        stream = Bitstream.from_bytes(
+            data,
+            method=self.method,
+            fingerprint=self.model_fingerprint,
+            num_strings=self.num_strings,
+        )
+        if self.side_bytes is not None and len(stream.side) != self.side_bytes:
+            raise BitstreamError(
+                f"{self.method} side information must be {self.side_bytes} bytes, "
+                f"got {len(stream.side)}"
+            )
         size = (
             math.ceil(stream.height / self.pad_multiple) * self.pad_multiple,
             math.ceil(stream.width / self.pad_multiple) * self.pad_multiple,
         )
         with self._coding_mode():
             x_hat = self.decompress_padded(stream.strings, stream.side, size)
-        return x_hat[..., : stream.height, : stream.width].clamp(0, 1)
+        # a crafted stream decodes to garbage, but still to an image in [0, 1]
+        return x_hat[..., : stream.height, : stream.width].nan_to_num(0.0).clamp(0, 1)
 
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Eval-mode forward of one image of any size -> (reconstruction in [0, 1], estimated bpp).
@@ -359,20 +419,128 @@ class CodecModule(L.LightningModule, ABC):
             torch.nn.utils.clip_grad_norm_(main, self.hparams.clip_grad_norm)
 
 
-def load_codec(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> CodecModule:
-    """Rebuild a codec from a checkpoint of this repository, in eval mode with fresh CDF tables."""
+def check_hyperparameters(cls: type, hparams: Mapping[str, Any]) -> None:
+    """Raise ConfigError for a hyper-parameter whose value does not fit the type hint of its
+    `cls.__init__` argument (numbers, strings, booleans, sequences and mappings of them)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except NameError:  # a hint only importable for type checkers: nothing to check against
+        return
+    for name, value in hparams.items():
+        if name in hints and not _fits_hint(value, hints[name]):
+            raise ConfigError(
+                f"model.{name} must be {_describe_hint(hints[name])}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+
+
+def _fits_hint(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits_hint(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (Sequence, list, tuple) or hint in (Sequence, list, tuple):
+        items = args[:1] if origin is not tuple or args[-1:] == (Ellipsis,) else ()
+        return (
+            isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and all(_fits_hint(v, items[0]) for v in value if items)
+        )
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return True  # a type this check does not know: the class validates it
+
+
+def _describe_hint(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(
+            "null" if a is type(None) else _describe_hint(a) for a in typing.get_args(hint)
+        )
+    origin = typing.get_origin(hint) or hint
+    if origin in (Sequence, list, tuple):
+        items = typing.get_args(hint)
+        return (
+            f"a list of {_describe_hint(items[0]).removeprefix('an ').removeprefix('a ')}s"
+            if items
+            else "a list"
+        )
+    if origin in (dict, Mapping):
+        return "a mapping"
+    return str(hint)
+
+
+def codec_checkpoint(codec: CodecModule) -> dict[str, Any]:
+    """The checkpoint `load_codec` reads, for a codec with built coder tables: its weights and
+    tables (frozen networks left out), hyper-parameters, codec class and backbone record."""
+    checkpoint = {
+        "state_dict": {k: v.detach().cpu() for k, v in codec.state_dict().items()},
+        "hyper_parameters": dict(codec.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    codec.on_save_checkpoint(checkpoint)  # drops frozen weights, records class and backbone
+    return checkpoint
+
+
+def load_codec(
+    ckpt_path: str | Path,
+    map_location: str | torch.device = "cpu",
+    backbone_path: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> CodecModule:
+    """Rebuild a codec from a checkpoint of this repository (training or exported), in eval
+    mode with fresh CDF tables.
+
+    A method with a frozen backbone (the `backbone` hyper-parameter) gets it from
+    `backbone_path`, else from the path it was trained with, else from `weights_dir` under the
+    folder name the checkpoint records; a backbone other than the recorded one is refused.
+    """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from exc
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from exc
     if not isinstance(checkpoint, dict) or "codec_class" not in checkpoint:
-        raise ValueError(f"{path} is not a codec checkpoint of this repository (no codec_class)")
+        raise ConfigError(f"{path} is not a codec checkpoint of this repository (no codec_class)")
     module_name, _, class_name = checkpoint["codec_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    codec = cls.load_from_checkpoint(path, map_location=map_location)
-    codec.eval()
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path} was written by {checkpoint['codec_class']}, which this code does not have"
+        ) from exc
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    record = checkpoint.get("backbone")
+    if "backbone" in hparams:
+        from modules.diffusion.sd_backbone import locate_backbone
+
+        hparams["backbone"] = locate_backbone(
+            hparams["backbone"], record, backbone_path, weights_dir
+        )
+    codec = cls(**hparams)
+    codec.on_load_checkpoint(checkpoint)
+    codec.load_state_dict(checkpoint["state_dict"])
+    if record is not None and codec.backbone.identity().hex() != record["identity"]:
+        raise ConfigError(
+            f"the backbone at {hparams['backbone'].get('path')} is not the one {path} was "
+            f"trained with (identity {codec.backbone.identity().hex()}, the checkpoint's "
+            f"{record['identity']}: {record.get('hub_id') or record.get('name')})"
+        )
+    codec = codec.to(map_location).eval()
     codec.update(force=True)
     return codec

@@ -67,6 +67,7 @@ class CDCModule(CodecModule):
     """Conditional diffusion codec with X- or ε-prediction."""
 
     method = "cdc"
+    num_strings, side_bytes = 2, _SIDE.size  # y, z; steps, γ, seed
 
     def __init__(
         self,
@@ -160,6 +161,18 @@ class CDCModule(CodecModule):
         return {"steps": steps, "gamma": gamma, "seed": seed}
 
     # ------------------------------------------------------------------ training
+    def training_phases(self) -> list[tuple[int, str]]:
+        """The warm-up stage, then the target rate (as `stage_weights`)."""
+        hp = self.hparams
+        return [
+            (0, f"warm-up: β = {hp.warmup_beta:g}, ρ = 0, lr {hp.lr * self.lr_factor(0):g}"),
+            (
+                hp.warmup_steps,
+                f"target rate: β = {hp.beta:g}, ρ = {hp.rho:g}, "
+                f"lr {hp.lr * self.lr_factor(hp.warmup_steps):g}",
+            ),
+        ]
+
     def stage_weights(self) -> tuple[float, float]:
         """(β, ρ) at the current step: the warm-up stage, then the target."""
         if self.global_step < self.hparams.warmup_steps:
@@ -279,10 +292,6 @@ class CDCModule(CodecModule):
     def decompress_padded(
         self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
     ) -> Tensor:
-        if len(side) != _SIDE.size:
-            raise BitstreamError(
-                f"CDC side information must be {_SIDE.size} bytes, got {len(side)}"
-            )
         steps, gamma, seed = _SIDE.unpack(side)
         if not 1 <= steps <= self.num_train_steps or not (math.isfinite(gamma) and gamma >= 0):
             raise BitstreamError(f"invalid CDC decoding settings: {steps} steps, gamma {gamma}")

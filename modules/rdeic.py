@@ -65,6 +65,7 @@ class RDEICModule(CodecModule):
     """RDEIC: compressed-feature codec + control module on a frozen SD 2.1 backbone."""
 
     method = "rdeic"
+    num_strings, side_bytes = 2, _SIDE.size  # y, VQ indices; steps, guidance, seed
 
     def __init__(
         self,
@@ -177,6 +178,25 @@ class RDEICModule(CodecModule):
         return {"steps": steps, "guidance": guidance, "seed": seed}
 
     # ------------------------------------------------------------------ stages
+    def training_phases(self) -> list[tuple[int, str]]:
+        """Stage 1a, 1b and 2 (as `stage` and `lmbda`); empty stages are never logged."""
+        hp = self.hparams
+        stage1b, stage2 = hp.initial_steps, hp.initial_steps + hp.stage1_steps
+
+        def settings(step: int, lmbda: float) -> str:
+            return f"λ = {lmbda:g}, lr {hp.lr * self.lr_factor(step):g}"
+
+        return [
+            (0, f"stage 1a: independent-step training ({settings(0, hp.initial_lmbda)})"),
+            (stage1b, f"stage 1b: independent-step training ({settings(stage1b, hp.lmbda)})"),
+            (
+                stage2,
+                f"stage 2: fixed-step fine-tuning through {hp.fixed_steps} sampler steps"
+                + (f" on {hp.stage2_crop}² crops" if hp.stage2_crop else "")
+                + f" ({settings(stage2, hp.lmbda)})",
+            ),
+        ]
+
     @property
     def stage(self) -> int:
         """1 (independent-step training) or 2 (fixed-step fine-tuning) at the current step."""
@@ -336,8 +356,6 @@ class RDEICModule(CodecModule):
     def decompress_padded(
         self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
     ) -> Tensor:
-        if len(side) != _SIDE.size:
-            raise BitstreamError(f"RDEIC side information must be {_SIDE.size} bytes")
         steps, guidance, seed = _SIDE.unpack(side)
         try:
             self.checked_decoding({"steps": steps, "guidance": guidance, "seed": seed})

@@ -68,9 +68,11 @@ def expand_checkpoints(ckpt_path: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def sweep_name(ckpt_path: str | Sequence[str]) -> str:
+def sweep_name(ckpt_path: str | Sequence[str] | None) -> str:
     """Name of the results of `ckpt_path`: the experiment name of its checkpoints, or for a
     sweep of several experiments (rdeic_l2, rdeic_l1, ...) their common stem (rdeic)."""
+    if ckpt_path is None:  # not given: eval.py says so itself
+        return "eval"
     try:
         names = sorted({experiment_name_of(p) for p in expand_checkpoints(ckpt_path)})
     except FileNotFoundError:  # reported by eval.py itself, with the context
@@ -82,9 +84,21 @@ def sweep_name(ckpt_path: str | Sequence[str]) -> str:
     return stem or "sweep"
 
 
+def config_options(group: str) -> str:
+    """The options of a config group (configs/<group>/*.yaml), comma-separated, for help texts."""
+    folder = Path(__file__).resolve().parents[1] / "configs" / group
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by the configs (idempotent)."""
-    resolvers = {"run_id": run_id, "eval_name": sweep_name, "sum": lambda *xs: sum(xs)}
+    resolvers = {
+        "run_id": run_id,
+        "eval_name": sweep_name,
+        "sum": lambda *xs: sum(xs),
+        "path_name": lambda path: Path(str(path)).name,
+        "config_options": config_options,
+    }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
@@ -140,22 +154,40 @@ def log_hyperparameters(model: L.LightningModule, trainer: L.Trainer, cfg: DictC
         logger.log_hyperparams(hparams)
 
 
-def user_error(exc: BaseException) -> BaseException | None:
-    """The user-facing cause of an exception, if any: a missing file, a bad stream, or a config
-    value that a class rejected while being built from the config."""
-    from hydra.errors import InstantiationException
-
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The project's error types that mean bad input, not a bug: bad config values, missing
+    files, weights or datasets, unreadable images and bad streams."""
+    from datamodules.io import ImageLoadError
     from modules.entropy import BitstreamError
 
+    return ConfigError, FileNotFoundError, BitstreamError, ImageLoadError
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing cause of an exception, if any: one of `user_errors()` anywhere in its
+    cause chain, a mandatory config value left unset, or a value that a class rejected (ValueError
+    or TypeError) while Hydra built it from the config."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue
+
+    known = user_errors()
     while exc is not None:
-        if isinstance(exc, FileNotFoundError | ConfigError | BitstreamError):
+        if isinstance(exc, known):
             return exc
+        if isinstance(exc, MissingMandatoryValue):
+            key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
+            return ConfigError(f"{key} is required: set it on the command line ({key}=...)")
         if isinstance(exc, InstantiationException) and isinstance(
             exc.__cause__, ValueError | TypeError
         ):
-            return exc
+            return exc.__cause__
         exc = exc.__cause__
     return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (continuation lines joined with "; ")."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -170,7 +202,33 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             if cause is None:
                 raise
             log.debug("user error", exc_info=exc)
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"error: {one_line(cause)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapped
+
+
+def resolve_device(name: str) -> Any:
+    """The torch.device of a `device` setting: auto (CUDA when available), cpu, cuda or cuda:N;
+    ConfigError for anything else or for CUDA on a machine without it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={name} but CUDA is not available on this machine; use device=cpu "
+                "(or auto)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.official import import_official
+from modules.official import OfficialCheckpointError, import_official
+from modules.utils import one_line, user_errors
 
 
 def _ints(text: str) -> list[int]:
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         print(run(args))
-    except (ValueError, FileNotFoundError) as exc:  # OfficialCheckpointError, ConfigError, …
-        print(f"error: {exc}", file=sys.stderr)
+    except (*user_errors(), OfficialCheckpointError) as exc:  # not internal bugs
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -40,6 +40,20 @@ def compose_config(name: str, overrides: list[str], run_dir: Path | None = None)
     return cfg
 
 
+def load_script(name: str):
+    """scripts/<name>.py imported in-process (scripts/ is not a package), once."""
+    import importlib.util
+
+    module_name = f"scripts_{name}"
+    if module_name not in sys.modules:
+        path = ROOT / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while being built
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None):
     """Run a repository script in a subprocess (real entry point, real argv)."""
     import subprocess
@@ -90,3 +104,37 @@ def trained_elic(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("elic") / "elic.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+#: per method, an experiment whose `debug=smoke` model is that method's tiny codec. The tests that
+#: must cover every method (tests/test_crafted_streams.py) run over this registry: a new method
+#: adds its line here.
+TINY_EXPERIMENTS = {
+    "elic": "elic_l0.032",
+    "cdc": "cdc_x_rho0_b0.0032",
+    "rdeic": "rdeic_l2",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_codec():
+    """`tiny_codec(method)`: the method's tiny codec of its smoke config (random weights, CDF
+    tables built, eval mode), built once per session."""
+    import hydra
+    import torch
+
+    codecs = {}
+
+    def get(method: str):
+        if method not in codecs:
+            cfg = compose_config(
+                "train", [f"experiment={TINY_EXPERIMENTS[method]}", "debug=smoke"]
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                codec = hydra.utils.instantiate(cfg.model, _convert_="all")
+            codec.eval().update(force=True)
+            codecs[method] = codec
+        return codecs[method]
+
+    return get

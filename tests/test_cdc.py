@@ -67,8 +67,10 @@ def test_separate_instance_decodes_identically(codec):
 
 
 def test_bad_side_information_is_a_bitstream_error(codec):
-    with pytest.raises(BitstreamError, match="side information"):
-        codec.decompress_padded([b"", b""], b"\x00", (64, 64))
+    header = Bitstream.from_bytes(codec.compress(torch.rand(1, 3, 64, 64)))
+    short_side = Bitstream("cdc", header.fingerprint, 64, 64, header.strings, b"\x00")
+    with pytest.raises(BitstreamError, match="side information must be 8 bytes"):
+        codec.decompress(short_side.to_bytes())
     with pytest.raises(BitstreamError, match="decoding settings"):
         codec.decompress_padded([b"", b""], bytes(8), (64, 64))  # 0 steps
 
@@ -119,7 +121,7 @@ def _smoke(tmp_path_factory, experiment: str) -> tuple[Path, dict]:
     overrides = [
         f"experiment={experiment}",
         "debug=smoke",
-        "+data.test.limit=1",
+        "data.test.limit=1",
         "data.test.center_crop=192",
         "callbacks.rd_evaluation.every_n_steps=6",
         "callbacks.rd_evaluation.images={source: sample, limit: 1, center_crop: 192}",
@@ -155,7 +157,7 @@ def test_eval_decoding_options_reach_the_stream(x_smoke, tmp_path):
         "eval.py",
         f"ckpt_path={run_dir}/checkpoints/last.ckpt",
         "data=sample",
-        "+data.test.limit=1",
+        "data.test.limit=1",
         "data.test.center_crop=192",
         "decoding={steps: 5, gamma: 0.5, seed: 3}",
         "save_outputs=true",

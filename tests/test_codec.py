@@ -150,6 +150,19 @@ def test_codec_cli_bad_stream_is_one_line(tmp_path, trained_elic):
     assert "Traceback" not in result.stderr and not (tmp_path / "out.png").exists()
 
 
+def test_compress_refuses_8_bit_images(codec):
+    photo = torch.from_numpy(np.asarray(Image.new("RGB", (64, 48), (200, 30, 90)))).permute(
+        2, 0, 1
+    )
+    with pytest.raises(ValueError, match=r"float image in \[0, 1\], got torch.uint8"):
+        codec.compress(photo)
+    with pytest.raises(ValueError, match=r"got \[30, 200\] \(an 8-bit image\? divide it by 255\)"):
+        codec.compress(photo.float())
+    with pytest.raises(ValueError, match="values in"):
+        codec.compress(torch.full((1, 3, 64, 64), math.nan))
+    assert codec.decompress(codec.compress(photo.float() / 255)).shape == (1, 3, 48, 64)
+
+
 def test_estimated_bpp_divides_by_original_pixels(codec):
     x = torch.rand(1, 3, 65, 65)
     _, bpp_small = codec.reconstruct(x)

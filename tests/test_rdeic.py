@@ -308,7 +308,7 @@ def rdeic_smoke(tmp_path_factory) -> Path:
     overrides = [
         "experiment=rdeic_l2",
         "debug=smoke",
-        "+data.test.limit=2",
+        "data.test.limit=2",
         "data.test.center_crop=192",
         "callbacks.rd_evaluation.every_n_steps=6",
         "callbacks.rd_evaluation.images={source: sample, limit: 1, center_crop: 192}",

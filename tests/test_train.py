@@ -139,7 +139,7 @@ def test_two_process_ddp_fit_on_gloo(tmp_path):
         "trainer.strategy=ddp",
         "trainer.max_steps=4",
         "callbacks.last_checkpoint.every_n_train_steps=2",
-        "+data.test.limit=3",  # odd: the ranks evaluate 2 and 1 images (not the 1411² photo)
+        "data.test.limit=3",  # odd: the ranks evaluate 2 and 1 images (not the 1411² photo)
         "logger=csv",
         f"paths.log_dir={tmp_path}",
     )

@@ -4,6 +4,9 @@
 online machine) and never falls back to random weights. `load_backbone("tiny_sd")` builds the
 same classes at tiny size with seeded random weights, saves them in that layout and loads them
 through the same code, for tests and smoke runs on CPU.
+
+Checkpoints record which backbone they need (`backbone_record`: name, hub id, folder name,
+identity); `locate_backbone` finds it again on another machine or in another working directory.
 """
 
 from __future__ import annotations
@@ -172,6 +175,59 @@ def load_backbone(
     if hub_id is None:
         raise ValueError("backbone sd21_base needs a local folder (path) or a hub id (hub_id)")
     return _load_hub(hub_id, dtype)
+
+
+def backbone_record(config: Mapping[str, Any] | None, backbone: StableDiffusionBackbone) -> dict:
+    """What a checkpoint records about its frozen backbone: the config's name, the hub id of the
+    weights, the folder name it was read from and the backbone's identity (hex)."""
+    config = dict(config or {})
+    path = config.get("path")
+    hub_id = config.get("hub_id") or (
+        HUB_ID if config.get("name", "sd21_base") == "sd21_base" else None
+    )
+    return {
+        "name": config.get("name", "sd21_base"),
+        "hub_id": hub_id,
+        "folder": Path(path).name if path else None,
+        "identity": backbone.identity().hex(),
+    }
+
+
+def locate_backbone(
+    config: Mapping[str, Any] | None,
+    record: Mapping[str, Any] | None = None,
+    path: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The backbone config that rebuilds a checkpoint's codec here: `path` if given, else the
+    config's path if that folder exists, else `<weights_dir>/<recorded folder name>`.
+
+    The tiny backbone is rebuilt from its seed and needs no folder. Raises WeightsNotFoundError
+    naming every place looked at and the setting that fixes it.
+    """
+    config = dict(config or {})
+    if config.get("name", "sd21_base") != "sd21_base":
+        return config
+    if path is not None:
+        return {**config, "path": str(path)}
+    recorded = config.get("path")
+    if recorded is None:  # a hub id: loaded from the Hugging Face cache or hub
+        return config
+    if Path(recorded).is_dir():
+        return config
+    folder = (record or {}).get("folder") or Path(recorded).name
+    tried = [str(recorded)]
+    if weights_dir is not None:
+        candidate = Path(weights_dir) / folder
+        if candidate.is_dir():
+            return {**config, "path": str(candidate)}
+        tried.append(str(candidate))
+    hub_id = (record or {}).get("hub_id") or HUB_ID
+    raise WeightsNotFoundError(
+        f"the checkpoint needs the backbone {hub_id}, found neither at {' nor '.join(tried)}; "
+        "set backbone.path=<folder> (scripts/codec.py: --backbone-path) or paths.weights_dir="
+        f"<folder holding {folder}/>; {_how_to_get(str(Path(weights_dir or 'weights') / folder))}"
+    )
 
 
 #: network sizes of the random SD-shaped models: "tiny" for tests, "sd21" (SD 2.1-base's real

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from modules.base import CodecModule
+from modules.base import CodecModule, codec_checkpoint
 
 
 class OfficialCheckpointError(ValueError):
@@ -157,14 +156,11 @@ def write_checkpoint(codec: CodecModule, out: str | Path, source: Mapping[str, A
     """Save `codec` as a checkpoint of this repository (Lightning layout, frozen networks left
     out, `codec_class` set) with `source` recorded under "imported_from"."""
     checkpoint = {
-        "state_dict": codec.state_dict(),
-        "hyper_parameters": dict(codec.hparams),
-        "pytorch-lightning_version": L.__version__,
+        **codec_checkpoint(codec),
         "epoch": 0,
         "global_step": 0,
         "imported_from": dict(source),
     }
-    codec.on_save_checkpoint(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out)
