@@ -12,15 +12,22 @@ from torch.utils.data import DataLoader
 
 from datamodules.datasets import EvalImages, TrainCrops, ValCrops, collate_single
 from datamodules.sources import check_exists, list_items
+from modules.utils import ConfigError
 
 _SPEC_KEYS = frozenset({"source", "root", "split", "limit", "homepage"})
-_TEST_KEYS = _SPEC_KEYS | {"name", "resize_short_side", "center_crop", "expected_count"}
+_TEST_KEYS = _SPEC_KEYS | {
+    "name",
+    "resize_short_side",
+    "center_crop",
+    "expected_count",
+    "min_side",
+}
 
 
 def _positive_int(value: Any, what: str) -> int:
-    """``value`` if it is an int >= 1; ValueError otherwise."""
+    """``value`` if it is an int >= 1; ConfigError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return value
 
 
@@ -37,7 +44,7 @@ def _spec(value: Mapping | None, key: str) -> dict[str, Any] | None:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"data.{key} has unknown keys {unknown}; allowed: {sorted(allowed)}")
-    for name in ("limit", "resize_short_side", "center_crop", "expected_count"):
+    for name in ("limit", "resize_short_side", "center_crop", "expected_count", "min_side"):
         if spec.get(name) is not None:
             _positive_int(spec[name], f"data.{key}.{name}")
     return spec
@@ -49,8 +56,9 @@ class ImageDataModule(L.LightningDataModule):
     Args:
         train, val, test: split specs (see :func:`datamodules.sources.list_items`); ``test``
             may also set ``name`` (used in result files), ``resize_short_side`` and
-            ``center_crop`` (the evaluation protocol) and ``expected_count`` (warn if the
-            number of images differs).
+            ``center_crop`` (the evaluation protocol), ``min_side`` (skip images with a
+            smaller side; the configs use 64) and ``expected_count`` (warn if the number of
+            images differs).
         batch_size: global batch size, split evenly over the processes.
         num_workers: DataLoader workers per process.
         crop_size: side of the random square training crops.
@@ -183,7 +191,10 @@ class ImageDataModule(L.LightningDataModule):
                     stacklevel=2,
                 )
             self.test_set = EvalImages(
-                items, spec.get("resize_short_side"), spec.get("center_crop")
+                items,
+                spec.get("resize_short_side"),
+                spec.get("center_crop"),
+                spec.get("min_side") or 1,
             )
         return self.test_set
 

@@ -136,8 +136,12 @@ class EvalImages(Dataset[dict[str, Any] | None]):
     """Full evaluation images: ``{"name": str, "image": uint8 tensor 3×H×W}`` per item.
 
     Uses the first frame of each item, after :func:`eval_preprocess` with ``resize_short_side``
-    and ``center_crop``. An image that cannot be read, or is smaller than ``center_crop`` after
-    the resize, gives None (after a warning); use :func:`collate_single` and skip None batches.
+    and ``center_crop``. An image that cannot be read, is smaller than ``center_crop`` after
+    the resize, or has a side below ``min_side`` gives None (after a warning); use
+    :func:`collate_single` and skip None batches. The evaluation configs set ``min_side`` to 64:
+    below one 64-px coding block the header and padding dominate the rate (a 1×1 image costs
+    hundreds of bpp) and LPIPS, SSIM and VIF are undefined (MS-SSIM needs 161 px; smaller images
+    are NaN there and counted per metric).
     """
 
     def __init__(
@@ -145,10 +149,12 @@ class EvalImages(Dataset[dict[str, Any] | None]):
         items: Sequence[Item],
         resize_short_side: int | None = None,
         center_crop: int | None = None,
+        min_side: int = 1,
     ) -> None:
         self.items = list(items)
         self.resize_short_side = resize_short_side
         self.center_crop = center_crop
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.items)
@@ -166,6 +172,12 @@ class EvalImages(Dataset[dict[str, Any] | None]):
             _skip(
                 f"skipping evaluation image {item.frames[0]}: {error} (resize_short_side="
                 f"{self.resize_short_side}, center_crop={self.center_crop})"
+            )
+            return None
+        if min(img.shape[-2:]) < self.min_side:
+            _skip(
+                f"skipping evaluation image {item.frames[0]}: {img.shape[-1]}×{img.shape[-2]} "
+                f"has a side below min_side={self.min_side}"
             )
             return None
         return {"name": item.name, "image": img}

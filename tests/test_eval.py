@@ -6,14 +6,18 @@ import csv
 import json
 import math
 import shutil
+import statistics
+import warnings
 from pathlib import Path
 
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 
 import modules.evaluation
-from modules.evaluation import TIMING_COLUMNS
+from modules.evaluation import BASE_COLUMNS, TIMING_COLUMNS, result_key
+from modules.utils import ConfigError
 from tests.conftest import compose_config, run_script
 
 #: metrics without weight files, and FID/KID on untrained Inception features
@@ -40,7 +44,7 @@ def test_eval_entry_point_writes_real_bitstream_results(tmp_path, smoke_run):
         "eval.py",
         f"ckpt_path={ckpt}",
         "data=sample",
-        "+data.test.limit=3",
+        "data.test.limit=3",
         "save_outputs=true",
         "metrics=basic",
         f"paths.log_dir={tmp_path}",
@@ -90,7 +94,9 @@ def test_checkpoints_by_datasets_make_one_curve_per_dataset(tmp_path, smoke_run)
     with pytest.warns(UserWarning, match="expected 24"):
         curves = evaluate(cfg)
     assert set(curves) == {"kodak", "tecnick"}
-    kodak_curve = json.loads((tmp_path / "run" / "kodak" / "results.json").read_text())
+    kodak = json.loads((tmp_path / "run" / "kodak" / "results.json").read_text())
+    assert kodak == curves["kodak"] and [c["name"] for c in kodak["curves"]] == ["sweep"]
+    kodak_curve = kodak["curves"][0]  # one curve: the sweep of a.ckpt and b.ckpt
     assert kodak_curve["checkpoints"] == ["a-a", "b-b"]  # one entry per checkpoint
     assert len(kodak_curve["results"]["bpp"]) == 2
     assert kodak_curve["results"]["bpp"][0] == kodak_curve["results"]["bpp"][1]  # same weights
@@ -110,7 +116,7 @@ def test_resume_skips_finished_images(tmp_path, smoke_run, monkeypatch):
     overrides = [
         f"ckpt_path={smoke_run / 'checkpoints' / 'last.ckpt'}",
         "data=sample",
-        "+data.test.limit=4",
+        "data.test.limit=4",
         "metrics=basic",
     ]
     cfg = compose_config("eval", overrides, tmp_path / "run")
@@ -130,7 +136,10 @@ def test_resume_skips_finished_images(tmp_path, smoke_run, monkeypatch):
     )
     second = evaluate(cfg)
     assert coded == [json.loads(lines[3])["name"]]  # only the unfinished image is coded again
-    assert first["sample"]["results"]["bpp"] == second["sample"]["results"]["bpp"]
+    assert (
+        first["sample"]["curves"][0]["results"]["bpp"]
+        == (second["sample"]["curves"][0]["results"]["bpp"])
+    )
     assert len(_rows(point / "per_image.csv")) == 4
 
     # results of other settings are never mixed into the folder
@@ -145,7 +154,7 @@ def test_one_and_two_gloo_processes_give_identical_rows(tmp_path, smoke_run):
     common = [
         f"ckpt_path={ckpt}",
         "data=sample",
-        "+data.test.limit=5",  # odd: ranks get 3 and 2 images, nothing padded or repeated
+        "data.test.limit=5",  # odd: ranks get 3 and 2 images, nothing padded or repeated
         "metrics.names=[psnr,ms_ssim,ssim]",
         *FAST_METRICS[1:],
         "device=cpu",
@@ -160,7 +169,7 @@ def test_one_and_two_gloo_processes_give_identical_rows(tmp_path, smoke_run):
     def outputs(root: Path) -> tuple[list[dict[str, str]], dict]:
         point = root / "eval" / "elic_l0.032" / "results" / "sample" / "elic_l0.032-last"
         results = json.loads((point / "results.json").read_text())
-        for key in ("encoding_time", "decoding_time"):
+        for key in [k for k in results["results"] if "_time" in k]:  # with their std
             results["results"].pop(key)
         results.pop("description")
         return _without_timings(_rows(point / "per_image.csv")), results
@@ -190,3 +199,158 @@ def test_trainer_presets_compose():
     assert slurm.strategy == "ddp" and slurm.plugins[0].auto_requeue
     # fp32 (TF32) training: bf16 only for the large frozen networks, inside the methods
     assert compose_config("train", ["trainer=gpu"]).trainer.precision == "32-true"
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+def _sample_cfg(smoke_run: Path, run_dir: Path, *overrides: str):
+    ckpt = smoke_run / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "data=sample", "metrics.names=[psnr,gmsd]", "metrics.fid=false"]
+    return compose_config("eval", [*common, *overrides], run_dir)
+
+
+def test_resume_key_refuses_any_setting_that_changes_a_number(tmp_path, smoke_run):
+    from eval import evaluate
+
+    small = ["data.test.limit=1", "data.test.center_crop=128"]
+    cfg = _sample_cfg(smoke_run, tmp_path / "run", *small)
+    evaluate(cfg)
+    meta = json.loads((tmp_path / "run" / "sample" / "elic_l0.032-last" / "meta.json").read_text())
+    assert meta["data"]["center_crop"] == 128 and meta["data"]["limit"] == 1
+    assert meta["metrics"] == {"names": ["psnr", "gmsd"], "fid": False, "pretrained": True}
+    assert len(meta["model"]) == 8 and meta["device"] == "cpu"
+    changes = {
+        "data.test.center_crop=64": "data.center_crop: 128 -> 64",
+        "data.test.limit=2": "data.limit: 1 -> 2",
+        "data.test.resize_short_side=300": "data.resize_short_side: null -> 300",
+        "data.test.expected_count=8": "data.expected_count: null -> 8",
+        "metrics.names=[psnr]": 'metrics.names: ["psnr", "gmsd"] -> ["psnr"]',
+        "metrics.pretrained=false": "metrics.pretrained: true -> false",
+    }
+    for override, named in changes.items():
+        cfg = _sample_cfg(smoke_run, tmp_path / "run", *small, override)
+        with pytest.raises(ConfigError) as error:
+            evaluate(cfg)
+        assert named in str(error.value) and "\n" not in str(error.value), override
+
+
+def test_every_point_evaluated_into_a_folder_stays_in_its_curves(tmp_path, smoke_run, capsys):
+    from eval import evaluate
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(smoke_run / "checkpoints" / "last.ckpt", ckpts / f"{name}.ckpt")
+    small = ["data.test.limit=2", "data.test.center_crop=128"]
+    for name in ("a", "b"):  # two evaluations into the same folder
+        overrides = [f"ckpt_path={ckpts / name}.ckpt", *small]
+        evaluate(_sample_cfg(smoke_run, tmp_path / "run", *overrides))
+    curves = json.loads((tmp_path / "run" / "sample" / "results.json").read_text())["curves"]
+    assert [(c["name"], c["checkpoints"]) for c in curves] == [("a", ["a-a"]), ("b", ["b-b"])]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "### a\n" in summary and "### b\n" in summary and "| a-a | 2 |" in summary
+    # a resumed evaluation shows the whole set done
+    capsys.readouterr()
+    evaluate(_sample_cfg(smoke_run, tmp_path / "run", f"ckpt_path={ckpts / 'a'}.ckpt", *small))
+    assert "2/2" in capsys.readouterr().err
+
+
+def _point(folder: Path, curve: str, bpp: float, decoding: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("{}")
+    results = {"name": curve, "curve": curve, "decoding": decoding, "images": 3}
+    results |= {"counts": {"bpp": 3, "psnr-rgb": 3}, "untrained_backbones": []}
+    results["results"] = {"bpp": [bpp], "psnr-rgb": [30 + bpp]}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_curves_are_one_per_sweep_and_decoding_setting(tmp_path):
+    from modules.evaluation import write_curves, write_summary
+
+    dataset = tmp_path / "kodak"
+    for name, bpp in [("rdeic_l2", 0.3), ("rdeic_l1", 0.1)]:
+        _point(dataset / f"{name}-last", "rdeic", bpp, {"steps": 2})
+        _point(dataset / f"{name}-last-steps=5", "rdeic (steps=5)", bpp + 0.01, {"steps": 5})
+    curves = write_curves(dataset, "kodak")["curves"]
+    assert [c["name"] for c in curves] == ["rdeic", "rdeic (steps=5)"]
+    assert curves[0]["checkpoints"] == ["rdeic_l1-last", "rdeic_l2-last"]  # by bpp
+    assert curves[0]["results"]["bpp"] == [0.1, 0.3]
+    assert curves[1]["decoding"] == [{"steps": 5}, {"steps": 5}]
+    assert json.loads((dataset / "results.json").read_text())["curves"] == curves
+    summary = write_summary(tmp_path / "summary.md", "test")
+    assert summary.count("| rdeic_l1-last") == 2 and "psnr-rgb [dB]" in summary
+
+
+def test_small_images_are_skipped_and_metrics_counted_where_defined(tmp_path, smoke_run):
+    from eval import evaluate
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    photo = skimage.data.astronaut()
+    for name, size in [("dot", 1), ("small", 96), ("large", 192)]:  # MS-SSIM needs 161 px
+        Image.fromarray(photo[:size, :size]).save(folder / f"{name}.png")
+    overrides = ["data=folder", f"data.test.root={folder}", "metrics.names=[psnr,ms_ssim,gmsd]"]
+    cfg = _sample_cfg(smoke_run, tmp_path / "run", *overrides)
+    with pytest.warns(UserWarning, match=r"dot.png: 1×1 has a side below min_side=64"):
+        curves = evaluate(cfg)
+    curve = curves["mine"]["curves"][0]  # data=folder names the set after its folder
+    point = tmp_path / "run" / "mine" / "elic_l0.032-last"
+    rows = _rows(point / "per_image.csv")
+    assert [r["name"] for r in rows] == ["large", "small"]
+    assert math.isnan(float(rows[1]["ms_ssim"])) and not math.isnan(float(rows[0]["ms_ssim"]))
+    assert curve["images"] == [2] and curve["counts"][0]["ms-ssim-rgb"] == 1
+    assert curve["results"]["ms-ssim-rgb"][0] == pytest.approx(float(rows[0]["ms_ssim"]))
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "(1 of 2 images)" in summary
+
+
+def test_timing_warms_up_once_per_point_and_reports_spread(tmp_path, smoke_run, monkeypatch):
+    from eval import evaluate
+
+    sizes = []
+    original = modules.evaluation.code_image
+    monkeypatch.setattr(
+        modules.evaluation,
+        "code_image",
+        lambda codec, image: sizes.append(tuple(image.shape[-2:])) or original(codec, image),
+    )
+    evaluate(_sample_cfg(smoke_run, tmp_path / "run", "data.test.limit=3"))
+    assert len(sizes) == 4 and sizes[0] == (256, 256)  # one untimed warm-up crop, then 3 images
+    point = tmp_path / "run" / "sample" / "elic_l0.032-last"
+    results = json.loads((point / "results.json").read_text())["results"]
+    seconds = [float(r["encode_s"]) for r in _rows(point / "per_image.csv")]
+    assert results["encoding_time_std"][0] == pytest.approx(statistics.stdev(seconds))
+    assert results["decoding_time_std"][0] > 0
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert " ± " in summary and "encoding_time [s]" in summary and "bpp [bpp]" in summary
+
+
+def test_per_image_columns_map_one_to_one_to_result_keys(tmp_path, smoke_run):
+    from eval import evaluate
+
+    evaluate(_sample_cfg(smoke_run, tmp_path / "run", "data.test.limit=1"))
+    point = tmp_path / "run" / "sample" / "elic_l0.032-last"
+    columns = list(_rows(point / "per_image.csv")[0])
+    results = json.loads((point / "results.json").read_text())["results"]
+    averaged = columns[BASE_COLUMNS.index("bpp") :]
+    keys = [result_key(c) for c in averaged]
+    assert keys == ["bpp", "bpp_est", "encoding_time", "decoding_time", "psnr-rgb", "gmsd"]
+    assert len(set(keys)) == len(keys) and set(keys) <= set(results)
+    assert set(results) - set(keys) == {"encoding_time_std", "decoding_time_std"}
+
+
+def test_undefined_metrics_are_nan_not_perfect():
+    from modules.metrics import MetricSuite
+
+    suite = MetricSuite(["psnr", "gmsd", "lpips_alex", "lpips_vgg"], fid=False, pretrained=False)
+    generator = torch.Generator().manual_seed(0)
+    for side, defined in [
+        (5, {"psnr"}),
+        (16, {"psnr", "gmsd", "lpips_vgg"}),
+        (32, set(suite.names)),
+    ]:
+        a, b = ((torch.rand(1, 3, side, side, generator=generator) * 255).round() for _ in "ab")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = suite(a, b)
+        assert {k for k, v in scores.items() if not math.isnan(v)} == defined, side
+        assert all(v > 0 for k, v in scores.items() if k != "psnr" and k in defined)

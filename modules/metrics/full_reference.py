@@ -17,9 +17,10 @@ from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 #: the smallest side each metric can take: SSIM's 11-px Gaussian window; MS-SSIM's window at its
-#: fifth scale (sides > 160); piq's minimum for VIF's four scales. piq's GMSD and DISTS pad their
-#: filters and take any size.
-MIN_SIDE = {"ssim": 11, "ms_ssim": 161, "vif": 41}
+#: fifth scale (sides > 160); piq's minimum for VIF's four scales; GMSD's 3×3 Prewitt filters
+#: after its 2× downsampling (piq pads them and scores tinier images as near-perfect); the
+#: smallest inputs LPIPS' AlexNet and VGG run on. DISTS pads its filters and takes any size.
+MIN_SIDE = {"ssim": 11, "ms_ssim": 161, "vif": 41, "gmsd": 6, "lpips_alex": 32, "lpips_vgg": 16}
 
 
 def quantize_8bit(x: Tensor) -> Tensor:
@@ -90,6 +91,8 @@ def ms_ssim(decoded: Tensor, original: Tensor) -> float:
 
 def gmsd(decoded: Tensor, original: Tensor) -> float:
     """GMSD (piq, fp32): 0 for identical images, larger is worse."""
+    if not _fits("gmsd", original):
+        return math.nan
     return float(piq.gmsd(decoded.float(), original.float(), data_range=255.0))
 
 

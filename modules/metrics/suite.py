@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from modules.metrics.fid import (
     build_inception,
     extract_patches,
 )
-from modules.metrics.full_reference import FULL_REFERENCE, check_8bit
+from modules.metrics.full_reference import FULL_REFERENCE, MIN_SIDE, _fits, check_8bit
 from modules.metrics.lpips import BACKBONE_WEIGHTS, build_lpips
 from modules.metrics.weights import file_name, find_weights, seeded
 
@@ -89,6 +90,8 @@ class MetricSuite:
     def _metric(self, name: str, decoded: Tensor, original: Tensor) -> float:
         if name in FULL_REFERENCE:
             return FULL_REFERENCE[name](decoded, original)
+        if name in MIN_SIDE and not _fits(name, original):
+            return math.nan
         net = self._network(name)
         if name == "dists":
             return float(net(decoded.float() / 255, original.float() / 255))
