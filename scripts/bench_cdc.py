@@ -4,6 +4,7 @@ that time spent inside the U-Net (the rest is entropy decoding, the context deco
     python scripts/bench_cdc.py                         # full-size X model, random weights
     python scripts/bench_cdc.py --device cuda --bf16    # on a GPU, U-Net under bf16 autocast
     python scripts/bench_cdc.py --ckpt run/checkpoints/last.ckpt
+    python scripts/bench_cdc.py --size tiny --steps 1 3   # CPU sanity run (the smoke model)
 
 The paper's anchor (RTX A6000, Kodak): 0.015 s at 1 step, 1.04 s at 17 steps.
 """
@@ -22,6 +23,9 @@ import torch
 
 from modules.base import load_codec
 from modules.cdc import CDCModule
+
+#: network sizes: the paper's, and the smoke preset's (configs/debug/model/smoke/cdc.yaml)
+SIZES = {"full": {}, "tiny": {"dim": 8, "dim_mults": [1, 2, 2, 2, 2, 2], "compressor_dim": 8}}
 
 
 class UNetTimer:
@@ -50,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", help="CDC checkpoint (default: full-size model, random weights)")
     parser.add_argument("--prediction", default="x", choices=["x", "epsilon"])
+    parser.add_argument("--size", default="full", choices=sorted(SIZES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="U-Net under bf16 autocast")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 17, 65])
@@ -61,7 +66,7 @@ def main() -> None:
         codec = load_codec(args.ckpt, map_location=device)
     else:
         torch.manual_seed(0)
-        codec = CDCModule(prediction=args.prediction).to(device).eval()
+        codec = CDCModule(prediction=args.prediction, **SIZES[args.size]).to(device).eval()
         codec.update(force=True)
     timer = UNetTimer(codec.unet, device)
     x = torch.rand(1, 3, 512, 768, generator=torch.Generator().manual_seed(0))
