@@ -212,6 +212,14 @@ def test_a_phase_of_zero_steps_is_skipped_and_max_steps_is_their_sum():
     assert cfg.trainer.max_steps == 800000 and cfg.model.elic_lmbda == 0.004
     assert cfg.callbacks.ema.decay == 0.9999 and cfg.model.lr == 5e-5
     assert cfg.data.batch_size == 8 and cfg.data.crop_size == 256
+    model = cfg.model  # the paper's constants
+    assert (model.dists_weight, model.lpips_weight, model.decode_steps) == (0.16, 0.64, 8)
+    assert model.unet.channels == 96 and list(model.unet.channel_mult) == [1, 1, 2, 2, 3]
+    assert (model.schedule, model.num_train_steps, model.gamma_search.method) == (
+        "linear",
+        1000,
+        "gradient",
+    )
     cfg = compose_config("train", ["experiment=corrdiff_r0.05", "model.phase1_steps=0"])
     assert cfg.trainer.max_steps == 400000 and cfg.model.elic_lmbda == 0.008
     rates = {
