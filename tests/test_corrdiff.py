@@ -295,6 +295,16 @@ def test_missing_elic_checkpoint_is_one_line_naming_the_experiment(tmp_path):
 
 
 # ---------------------------------------------------------------------------- γ search
+def test_encoding_needs_the_lpips_vgg_weights_and_says_so(tmp_path, monkeypatch):
+    from modules.metrics import WeightsNotFoundError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    model = tiny_corrdiff(perceptual_pretrained=True, weights_dir=str(tmp_path / "weights"))
+    model.eval().update(force=True)
+    with pytest.raises(WeightsNotFoundError, match=r"vgg16-397923af\.pth.*fetch_weights\.py"):
+        model.compress(photo())
+
+
 def _search_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x0 (a photo), a sharp but noisy μ and a blurred D(ŷ), all in [−1, 1]."""
     x0 = 2 * photo() - 1
