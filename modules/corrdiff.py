@@ -3,10 +3,13 @@ decoder, with the per-step correction weights γ sent as side information.
 
 ELIC's analysis transform is the encoder E (ŷ = Q(E(x₀))), its hyperprior + space-channel
 context model is the entropy model, and its synthesis transform is the privileged decoder D
-(x̂₀,ₑ = D(ŷ)); all three come from a trained ELIC checkpoint (`elic_ckpt`, built by
-`modules.elic.ELICModule`). The score network μ_θ(x_t, ŷ, t) is ADM's U-Net of the paper's
-Table 3 predicting x₀. At every one of the S DDIM steps the sampler uses the corrected estimate
-x̂₀,c = γ_t·μ_θ + (1 − γ_t)·D(ŷ) (Eq. 22): the encoder, which sees x₀, picks
+(x̂₀,ₑ = D(ŷ)); all three come from an ELIC checkpoint (`elic_ckpt`) of
+`modules.elic.ELICModule` in the layout of `elic.variant`: by default "chandelier", the ELiC
+re-implementation whose released λ = 0.004 / 0.008 models the paper starts from
+(`scripts/import_official.py elic`); a model trained here with `experiment=elic_l<λ>
+model.variant=chandelier` serves as well. The score network μ_θ(x_t, ŷ, t) is ADM's U-Net of
+the paper's Table 3 predicting x₀. At every one of the S DDIM steps the sampler uses the
+corrected estimate x̂₀,c = γ_t·μ_θ + (1 − γ_t)·D(ŷ) (Eq. 22): the encoder, which sees x₀, picks
 γ_t* = argmin_γ LPIPS-VGG(x₀, γ·μ_θ + (1 − γ)·D(ŷ)) (Algorithm 1, greedily per step) and the
 decoder replays the trajectory with the received γ's (Algorithm 2).
 
@@ -35,9 +38,9 @@ Choices the paper leaves open, each a config value:
   resampling blocks, scale-shift norm, dropout 0, no attention at any resolution. ADM's code
   always has an attention block in its middle block (empty `attention_resolutions`), and the
   table lists 4 heads, which only that block can use: `mid_attention: true`, 4 heads. Size:
-  μ_θ 34.02 M + ELIC (CompressAI `Elic2022Official`) 32.07 M = 66.09 M against the paper's
-  73.79 M (65.76 M without the middle attention; 67.81 M with `Elic2022Chandelier`, the layout
-  of the ELiC re-implementation the paper used); no reading of the table reaches 73.79 M.
+  μ_θ 34.02 M + ELIC 33.79 M (Chandelier layout: E 7.34 M, entropy model 19.12 M, D 7.34 M)
+  = 67.81 M against the paper's 73.79 M; 67.48 M without the middle attention, 66.09 M with
+  `Elic2022Official`; no reading of the table reaches 73.79 M.
 - `schedule`/`num_train_steps`: ADM's linear schedule, β from 1e-4 to 0.02 over 1000 steps
   (float64); t uniform over the 1000 steps; x₀ target; images in [−1, 1] for every loss term.
 - `spacing`: the S sampling steps. "strided" (default): guided-diffusion's `ddimS` respacing,
@@ -103,7 +106,7 @@ CONDITIONS = ("decoder", "latent")
 SPACINGS = {"strided": strided_ddim_indices, "linspace": ddim_indices}
 SEARCH_METHODS = ("gradient", "bounded")
 #: the paper's ELIC (N, M, groups) and ADM U-Net (Table 3)
-ELIC_DEFAULTS = {"N": 192, "M": 320, "groups": (16, 16, 32, 64, 192)}
+ELIC_DEFAULTS = {"N": 192, "M": 320, "groups": (16, 16, 32, 64, 192), "variant": "chandelier"}
 UNET_DEFAULTS = {
     "channels": 96,
     "channel_mult": (1, 1, 2, 2, 3),
@@ -172,13 +175,9 @@ class CorrDiffModule(CodecModule):
             raise ValueError(f"model.condition must be one of {CONDITIONS}, got {condition!r}")
         if spacing not in SPACINGS:
             raise ValueError(f"model.spacing must be one of {sorted(SPACINGS)}, got {spacing!r}")
-        if elic_ckpt is None and not elic_random_init:
-            raise FileNotFoundError(
-                "model.elic_ckpt is not set: CorrDiff starts from a trained ELIC; train it first "
-                f"(python train.py experiment={self.elic_experiment}) and pass "
-                f"model.elic_ckpt=<that run>/checkpoints/last.ckpt"
-            )
         self.elic_options = {**ELIC_DEFAULTS, **(elic or {})}
+        if elic_ckpt is None and not elic_random_init:
+            raise FileNotFoundError(f"model.elic_ckpt is not set: {self._elic_hint()}")
         self.search = self._checked_search({**SEARCH_DEFAULTS, **(gamma_search or {})})
 
         # E, entropy model and D: ELIC's networks (weights from elic_ckpt at setup("fit"))
@@ -201,10 +200,16 @@ class CorrDiffModule(CodecModule):
         self._weights_from_checkpoint = False
         self._logged_phase: int | None = None
 
-    @property
-    def elic_experiment(self) -> str:
-        """The ELIC experiment whose checkpoint this model starts from (e.g. elic_l0.008)."""
-        return f"elic_l{self.hparams.elic_lmbda:g}"
+    def _elic_hint(self) -> str:
+        """How to get the ELIC checkpoint this rate point starts from (for error messages)."""
+        experiment = f"elic_l{self.hparams.elic_lmbda:g}"
+        return (
+            f"CorrDiff starts from a trained ELIC ({experiment}): import the released one "
+            f"(python scripts/import_official.py elic --src <ELIC file> --out {experiment}.ckpt "
+            f"--lmbda {self.hparams.elic_lmbda:g}) or train it (python train.py "
+            f"experiment={experiment} model.variant={self.elic_options['variant']}), then pass "
+            f"model.elic_ckpt=<that checkpoint>"
+        )
 
     # ------------------------------------------------------------------ options
     @staticmethod
@@ -300,11 +305,7 @@ class CorrDiffModule(CodecModule):
             return
         path = Path(hp.elic_ckpt)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"model.elic_ckpt={path} does not exist: train ELIC first (python train.py "
-                f"experiment={self.elic_experiment}) and pass model.elic_ckpt=<that "
-                "run>/checkpoints/last.ckpt"
-            )
+            raise FileNotFoundError(f"model.elic_ckpt={path} does not exist: {self._elic_hint()}")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         codec_class = checkpoint.get("codec_class") if isinstance(checkpoint, dict) else None
         if codec_class != f"{ELICModule.__module__}.{ELICModule.__qualname__}":

@@ -237,7 +237,7 @@ class _Trainer:
 
 
 def test_elic_initialisation_is_strict_and_checked(tmp_path):
-    elic = ELICModule(lmbda=0.008, **TINY["elic"])
+    elic = ELICModule(lmbda=0.008, variant="chandelier", **TINY["elic"])
     checkpoint = {
         "state_dict": elic.state_dict(),
         "hyper_parameters": dict(elic.hparams),
@@ -254,12 +254,13 @@ def test_elic_initialisation_is_strict_and_checked(tmp_path):
         ours, theirs = getattr(model, name).state_dict(), getattr(elic, name).state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
-    wrong = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "N": 8}}
-    torch.save(wrong, tmp_path / "wrong.ckpt")
-    model = tiny_corrdiff(elic_random_init=False, elic_ckpt=str(tmp_path / "wrong.ckpt"))
-    model.trainer = _Trainer()
-    with pytest.raises(ConfigError, match=r"has N=8, model\.elic\.N is 16"):
-        model.setup("fit")
+    for key, value in (("N", 8), ("variant", "official")):
+        wrong = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], key: value}}
+        torch.save(wrong, tmp_path / "wrong.ckpt")
+        model = tiny_corrdiff(elic_random_init=False, elic_ckpt=str(tmp_path / "wrong.ckpt"))
+        model.trainer = _Trainer()
+        with pytest.raises(ConfigError, match=rf"has {key}={value}, model\.elic\.{key} is"):
+            model.setup("fit")
     missing = tiny_corrdiff(elic_random_init=False, elic_ckpt=str(tmp_path / "none.ckpt"))
     missing.trainer = _Trainer()
     with pytest.raises(FileNotFoundError, match=r"experiment=elic_l0\.008"):
@@ -292,6 +293,7 @@ def test_missing_elic_checkpoint_is_one_line_naming_the_experiment(tmp_path):
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1
     assert "experiment=elic_l0.008" in error[0] and "model.elic_ckpt=" in error[0]
+    assert "import_official.py elic" in error[0]
 
 
 # ---------------------------------------------------------------------------- γ search
