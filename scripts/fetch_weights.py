@@ -5,7 +5,8 @@ Run once on a machine with internet access, then copy the folder to the training
     python scripts/fetch_weights.py --weights-dir weights
 
 Fetches torchvision's VGG16 (LPIPS-VGG, DISTS) and AlexNet (LPIPS-Alex), piq's DISTS α/β and
-torch-fidelity's FID Inception (FID, KID). Training and evaluation never download anything.
+PieAPP model, and torch-fidelity's FID Inception (FID, KID). Training and evaluation never
+download anything.
 """
 
 from __future__ import annotations

@@ -142,6 +142,7 @@ def test_untrained_networks_are_labelled():
         "lpips_alex",
         "lpips_vgg",
         "dists",
+        "pieapp",
         "fid",
         "kid",
     ]
@@ -175,6 +176,7 @@ def test_untrained_networks_are_seeded_and_leave_the_random_state_alone():
         (["lpips_vgg"], False, [], "vgg16-397923af.pth"),
         (["dists"], False, [], "vgg16-397923af.pth"),
         (["dists"], False, ["vgg16-397923af.pth"], "dists_weights.pt"),
+        (["pieapp"], False, [], "PieAPPv0.1.pth"),
         ([], True, [], "weights-inception-2015-12-05-6726825d.pth"),
     ],
 )
@@ -222,3 +224,37 @@ def test_dists_from_local_files_equals_piq_dists(tmp_path, monkeypatch):
         (hub / name).symlink_to(weights / name)
     reference = float(piq.DISTS(reduction="none")(degraded / 255, image / 255))
     assert ours == pytest.approx(reference, rel=1e-5)
+
+
+def test_pieapp_from_a_local_file_equals_piq_pieapp(tmp_path, monkeypatch):
+    """Our PieAPP reads its weights from weights_dir and scores patches in chunks; piq's own
+    PieAPP, finding the same file in the torch hub cache, computes the same value."""
+    from piq.pieapp import PieAPPModel
+
+    torch.manual_seed(4)
+    state = PieAPPModel().state_dict()
+    # a rank-one fc1 (one random row, stride 0) keeps the 62 M-weight file at 0.5 MB
+    row = state["fc1_score.weight"][:1].clone()
+    state["fc1_score.weight"] = row.expand_as(state["fc1_score.weight"])
+    state["ref_score_subtract.weight"] = state["ref_score_subtract.weight"].reshape(
+        1
+    )  # as released
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(state, weights / "PieAPPv0.1.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    suite = MetricSuite(["pieapp"], fid=False, weights_dir=weights, pretrained=True)
+    suite._network("pieapp").chunk = 1  # two 64² patches (stride 27) in two chunks
+    image = photo(128)[..., :64, :91]
+    degraded = noisy(image, 15)
+    ours = suite(degraded, image)["pieapp"]
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "PieAPPv0.1.pth").symlink_to(weights / "PieAPPv0.1.pth")
+    reference = float(piq.PieAPP(reduction="none")(degraded / 255, image / 255))
+    assert ours == pytest.approx(reference, rel=1e-5)
+    assert ours != pytest.approx(suite(image, image.clone())["pieapp"])
+    with pytest.warns(UserWarning, match="pieapp needs both sides >= 64"):
+        assert math.isnan(suite(image[..., :60], image[..., :60])["pieapp"])

@@ -17,6 +17,7 @@ from .schedules import (
     linear_alphas_cumprod,
     make_alphas_cumprod,
     snr,
+    strided_ddim_indices,
 )
 from .sd_backbone import (
     StableDiffusionBackbone,
@@ -47,5 +48,6 @@ __all__ = [
     "save_random_sd",
     "save_tiny_sd",
     "snr",
+    "strided_ddim_indices",
     "x0_from_eps",
 ]

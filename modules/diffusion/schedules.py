@@ -80,3 +80,20 @@ def ddim_indices(num_train_steps: int, num_steps: int, require_integral: bool = 
     if s == 1:
         return torch.tensor([n - 1], dtype=torch.long)
     return torch.arange(s, dtype=torch.long) * (n - 1) // (s - 1)
+
+
+def strided_ddim_indices(num_train_steps: int, num_steps: int) -> Tensor:
+    """Return the S training indices of guided-diffusion's `space_timesteps(N, "ddimS")`,
+    ascending (long): range(0, N, k) for the smallest stride k giving exactly S indices.
+
+    N = 1000, S = 8: [0, 125, …, 875]. Raises ValueError when no stride gives S indices.
+    """
+    n, s = num_train_steps, num_steps
+    if not 1 <= s <= n:
+        raise ValueError(f"num_steps must be in [1, {n}], got {s}")
+    # the index count ceil(N/k) falls as k grows: k = ceil(N/S) is the first stride with at
+    # most S indices, and no stride has exactly S unless this one does
+    stride = -(-n // s)
+    if len(range(0, n, stride)) != s:
+        raise ValueError(f"no stride k gives exactly {s} indices of range(0, {n}, k)")
+    return torch.arange(0, n, stride, dtype=torch.long)

@@ -2,9 +2,9 @@
 
 Every full-reference metric takes (decoded, original) as 1×3×H×W float tensors holding integers
 0..255 and returns a float per image. `MetricSuite` computes all of them (PSNR, MS-SSIM, SSIM,
-LPIPS-Alex/VGG, DISTS, GMSD, VIF) with networks built once, and gathers the patch features of
-FID/KID, which `fid_kid` turns into the data-set scores. `FULL_REFERENCE` maps the network-free
-metrics' column names to their functions.
+LPIPS-Alex/VGG, DISTS, GMSD, VIF, PieAPP) with networks built once, and gathers the patch
+features of FID/KID, which `fid_kid` turns into the data-set scores. `FULL_REFERENCE` maps the
+network-free metrics' column names to their functions.
 """
 
 from modules.metrics.fid import extract_patches, fid_kid

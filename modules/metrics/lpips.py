@@ -29,12 +29,14 @@ def build_lpips(
     """Frozen LPIPS-`net` ("vgg" or "alex") in eval mode taking images in [-1, 1]."""
     if net not in BACKBONE_WEIGHTS:
         raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
+    path = None  # looked up first: a missing file fails before the network is built
+    if pretrained_backbone:
+        path = find_weights(file_name(BACKBONE_WEIGHTS[net].url), weights_dir, f"LPIPS-{net}")
     with warnings.catch_warnings():  # lpips builds its backbone with torchvision's old arguments
         warnings.filterwarnings("ignore", "The parameter 'pretrained' is deprecated", UserWarning)
         warnings.filterwarnings("ignore", "Arguments other than a weight enum", UserWarning)
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    if pretrained_backbone:
-        path = find_weights(file_name(BACKBONE_WEIGHTS[net].url), weights_dir, f"LPIPS-{net}")
+    if path is not None:
         features = {
             key.removeprefix("features."): value
             for key, value in torch.load(path, map_location="cpu", weights_only=True).items()

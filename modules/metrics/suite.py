@@ -18,15 +18,27 @@ from modules.metrics.fid import (
 )
 from modules.metrics.full_reference import FULL_REFERENCE, MIN_SIDE, _fits, check_8bit
 from modules.metrics.lpips import BACKBONE_WEIGHTS, build_lpips
+from modules.metrics.pieapp import PIEAPP_WEIGHTS_URL, build_pieapp, pieapp_score
 from modules.metrics.weights import file_name, find_weights, seeded
 
 #: per-image metrics, in their column order
-DEFAULT_METRICS = ("psnr", "ms_ssim", "ssim", "lpips_alex", "lpips_vgg", "dists", "gmsd", "vif")
+DEFAULT_METRICS = (
+    "psnr",
+    "ms_ssim",
+    "ssim",
+    "lpips_alex",
+    "lpips_vgg",
+    "dists",
+    "gmsd",
+    "vif",
+    "pieapp",
+)
 #: URLs of the pretrained weight files each network reads ("fid": the Inception of FID and KID)
 WEIGHT_URLS: dict[str, tuple[str, ...]] = {
     "lpips_alex": (BACKBONE_WEIGHTS["alex"].url,),
     "lpips_vgg": (BACKBONE_WEIGHTS["vgg"].url,),
     "dists": (VGG16_WEIGHTS_URL, DISTS_WEIGHTS_URL),
+    "pieapp": (PIEAPP_WEIGHTS_URL,),
     "fid": (INCEPTION_WEIGHTS_URL,),
 }
 #: seed of the untrained networks built with `pretrained=False`
@@ -80,6 +92,8 @@ class MetricSuite:
                     net = build_inception(self.weights_dir, self.pretrained)
                 elif name == "dists":
                     net = build_dists(self.weights_dir, self.pretrained)
+                elif name == "pieapp":
+                    net = build_pieapp(self.weights_dir, self.pretrained)
                 else:
                     net = build_lpips(
                         name.removeprefix("lpips_"), self.weights_dir, self.pretrained
@@ -95,6 +109,8 @@ class MetricSuite:
         net = self._network(name)
         if name == "dists":
             return float(net(decoded.float() / 255, original.float() / 255))
+        if name == "pieapp":
+            return pieapp_score(net, decoded.float() / 255, original.float() / 255)
         return float(net(decoded.float() / 127.5 - 1, original.float() / 127.5 - 1))
 
     def __call__(self, decoded: Tensor, original: Tensor) -> dict[str, float]:
