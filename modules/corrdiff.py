@@ -47,7 +47,9 @@ Choices the paper leaves open, each a config value:
   range(0, 1000, ⌈1000/S⌉) (S = 8: 875, 750, …, 0), what ADM's code does with DDIM;
   "linspace": CDC's linspace(0, 999, S). `clip_denoised`: μ_θ clamped to [−1, 1] when sampling
   (ADM's default).
-- `decode_seed`: x_T ~ N(0, I) from this seed, written into the stream (u32).
+- `decode_seed`: x_T ~ N(0, I) from this seed, written into the stream (u32). Default None: a
+  seed per image derived from its ŷ (`content_seed`, as CDC and RDEIC), so the images of a set
+  do not share one x_T (shared noise correlates textures and biases FID/KID).
 - `gamma_search`: "gradient" (default, the paper's "vanilla gradient descent provided by
   PyTorch": torch.optim.SGD on γ from `init`, `lr`, clipped to `bounds` after every step) or
   "bounded" (golden-section search over `bounds` after evaluating `init`); both spend
@@ -135,6 +137,7 @@ class CorrDiffModule(CodecModule):
 
     method = "corrdiff"
     pad_multiple = 64
+    num_strings, side_bytes = 2, None  # y, z; steps, seed and one γ per step (checked below)
 
     def __init__(
         self,
@@ -155,7 +158,7 @@ class CorrDiffModule(CodecModule):
         lpips_weight: float = 0.64,
         decode_mode: str = "corrected",
         decode_steps: int = 8,
-        decode_seed: int = 0,
+        decode_seed: int | None = None,
         gamma_search: dict[str, Any] | None = None,
         perceptual_pretrained: bool = True,
         weights_dir: str | None = None,
@@ -198,7 +201,6 @@ class CorrDiffModule(CodecModule):
             {"mode": decode_mode, "steps": decode_steps, "seed": decode_seed}
         )
         self._weights_from_checkpoint = False
-        self._logged_phase: int | None = None
 
     def _elic_hint(self) -> str:
         """How to get the ELIC checkpoint this rate point starts from (for error messages)."""
@@ -242,9 +244,9 @@ class CorrDiffModule(CodecModule):
             self._indices(int(steps))
         except ValueError as exc:
             raise ConfigError(f"decoding steps: {exc}") from exc
-        if not 0 <= int(seed) < 2**32:
+        if seed is not None and not 0 <= int(seed) < 2**32:
             raise ConfigError(f"decoding seed must be a 32-bit unsigned integer, got {seed}")
-        return {"mode": mode, "steps": int(steps), "seed": int(seed)}
+        return {"mode": mode, "steps": int(steps), "seed": None if seed is None else int(seed)}
 
     # ------------------------------------------------------------------ setup and phases
     @property
@@ -348,17 +350,18 @@ class CorrDiffModule(CodecModule):
         counts = {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
         return {**counts, "total": sum(counts.values())}
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        phase = self.phase
-        if phase != self._logged_phase and self.trainer.is_global_zero:
-            step, end = self.global_step, self.hparams.phase1_steps
-            if phase == 1:
-                log.info(f"phase 1: μ_θ alone (E, entropy model and D frozen) until step {end}")
-            else:
-                log.info(
-                    f"phase 2: joint training of E, entropy model, D and μ_θ from step {step}"
-                )
-        self._logged_phase = phase
+    def training_phases(self) -> list[tuple[int, str]]:
+        """Phase 1 and phase 2 (as `phase`); an empty phase is never logged."""
+        hp = self.hparams
+        phase2 = hp.phase1_steps
+
+        def lr(step: int) -> str:
+            return f"lr {hp.lr * self.lr_factor(step):g}"
+
+        return [
+            (0, f"phase 1: μ_θ alone, E, entropy model and D frozen ({lr(0)})"),
+            (phase2, f"phase 2: E, entropy model, D and μ_θ jointly ({lr(phase2)})"),
+        ]
 
     def aux_loss(self) -> Tensor:
         """The entropy bottleneck's quantile loss, in phase 2 only (phase 1 freezes it)."""
@@ -571,7 +574,7 @@ class CorrDiffModule(CodecModule):
         return gamma * (last["mu"] + 1) / 2 + (1 - gamma) * x_e
 
     def _encoder_trajectory(
-        self, x: Tensor, condition: Tensor, x_e: Tensor
+        self, x: Tensor, condition: Tensor, x_e: Tensor, seed: int
     ) -> tuple[Tensor, Tensor]:
         """Algorithm 1: the corrected trajectory with x visible -> (x̂₀,c in [0, 1], γ's (B, S)
         as float16 values, in sampling order)."""
@@ -583,8 +586,7 @@ class CorrDiffModule(CodecModule):
             gammas.append(gamma)
             return gamma
 
-        steps, seed = self.decoding["steps"], self.decoding["seed"]
-        x_hat = self._sample(condition, x_e, steps, seed, choose_gamma)
+        x_hat = self._sample(condition, x_e, self.decoding["steps"], seed, choose_gamma)
         return x_hat, torch.stack(gammas, dim=1)
 
     def _decode(
@@ -612,9 +614,9 @@ class CorrDiffModule(CodecModule):
         """What decompress(compress(x)) returns under the current decoding mode, in [0, 1]."""
         x_e = coded["x_e"].clamp(0, 1)
         condition = self._condition(coded["y_hat"], x_e)
-        options = self.decoding
+        options = self.decoding_for(coded["y_hat"])
         if options["mode"] == "corrected":
-            return self._encoder_trajectory(x, condition, x_e)[0]
+            return self._encoder_trajectory(x, condition, x_e, options["seed"])[0]
         return self._decode(
             condition, x_e, options["steps"], options["seed"], None, options["mode"]
         )
@@ -623,16 +625,14 @@ class CorrDiffModule(CodecModule):
     def compress_padded(self, x: Tensor) -> tuple[list[bytes], bytes]:
         out = self.latent_codec.compress(self.g_a(x))
         x_e = self.g_s(out["y_hat"]).clamp(0, 1)
-        _, gammas = self._encoder_trajectory(x, self._condition(out["y_hat"], x_e), x_e)
-        steps, seed = self.decoding["steps"], self.decoding["seed"]
+        steps, seed = (self.decoding_for(out["y_hat"])[key] for key in ("steps", "seed"))
+        _, gammas = self._encoder_trajectory(x, self._condition(out["y_hat"], x_e), x_e, seed)
         side = _SIDE.pack(steps, seed) + gammas[0].numpy(force=True).astype("<f2").tobytes()
         return [item_strings[0] for item_strings in out["strings"]], side
 
     def decompress_padded(
         self, strings: Sequence[bytes], side: bytes, size: tuple[int, int]
     ) -> Tensor:
-        if len(strings) != 2:
-            raise BitstreamError(f"CorrDiff streams hold 2 strings (y, z), got {len(strings)}")
         if len(side) < _SIDE.size:
             raise BitstreamError(f"CorrDiff side information too short: {len(side)} bytes")
         steps, seed = _SIDE.unpack_from(side)
@@ -644,10 +644,12 @@ class CorrDiffModule(CodecModule):
         try:
             self._indices(steps)
         except ValueError as exc:
-            raise BitstreamError(f"invalid CorrDiff decoding steps: {exc}") from exc
+            raise BitstreamError(f"invalid CorrDiff decoding settings: {exc}") from exc
         gammas = np.frombuffer(side, dtype="<f2", offset=_SIDE.size).astype(np.float32)
         if not np.isfinite(gammas).all():
-            raise BitstreamError(f"CorrDiff γ values must be finite, got {gammas.tolist()}")
+            raise BitstreamError(
+                f"invalid CorrDiff decoding settings: non-finite γ in {gammas.tolist()}"
+            )
         height, width = size
         shape = {
             "y": (height // ELICModule.y_stride, width // ELICModule.y_stride),

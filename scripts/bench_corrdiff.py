@@ -5,6 +5,7 @@ ELIC payload; and the two γ searches' LPIPS-VGG on the sample photos for equal 
     python scripts/bench_corrdiff.py                      # full-size networks, random weights
     python scripts/bench_corrdiff.py --device cuda --repeats 3
     python scripts/bench_corrdiff.py --ckpt run/checkpoints/last.ckpt --weights-dir weights
+    python scripts/bench_corrdiff.py --size tiny --steps 2     # logic check: the smoke sizes
 
 Without --weights-dir the perceptual networks are untrained (seeded): their cost is the real one,
 their values are not; the search comparison says which it used.
@@ -29,6 +30,14 @@ from modules.corrdiff import PAPER_PARAMETERS, CorrDiffModule
 from modules.entropy import Bitstream
 from scripts.bench_cdc import UNetTimer as ModuleTimer
 
+#: random-weight model sizes: the paper's, and the smoke run's tiny networks
+SIZES = {
+    "full": {},
+    "tiny": {
+        "elic": {"N": 16, "M": 32, "groups": [4, 4, 8, 16]},
+        "unet": {"channels": 8, "norm_groups": 4, "layers_per_block": 1},
+    },
+}
 #: the operating range of the paper's CLIC professional examples (App. D) and around it
 PAPER_BPP = (0.05, 0.137, 0.264, 0.5)
 SAMPLE_PHOTOS = (
@@ -162,6 +171,7 @@ def compare_searches(codec: CorrDiffModule, device: torch.device, budgets: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", help="CorrDiff checkpoint (default: full size, random weights)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="random model size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--weights-dir", help="pretrained LPIPS-VGG (default: untrained)")
     parser.add_argument("--steps", type=int, default=8)
@@ -179,6 +189,7 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         codec = CorrDiffModule(
+            **SIZES[args.size],
             elic_random_init=True,
             perceptual_pretrained=args.weights_dir is not None,
             weights_dir=args.weights_dir,

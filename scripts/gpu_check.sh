@@ -5,6 +5,8 @@
 #     DiffEIC-style 50-step decode, and stage-1 / stage-2 training steps with their peak memory
 #     at batch 4 (stage 2 on 256² crops)                      scripts/bench_rdeic.py
 #   - CDC at full size, U-Net under bf16: decoding at 1, 17 and 65 steps  scripts/bench_cdc.py
+#   - CorrDiff at the paper's size: encode/decode at 8 steps split into ELIC, μ_θ and γ search,
+#     and the two γ searches at equal LPIPS budgets              scripts/bench_corrdiff.py
 #   - every method: decompress(compress(x)) bit-exact on the GPU, and GPU streams decoded on
 #     the CPU (same pixels? PSNR between the two?)            scripts/gpu_consistency.py
 #
@@ -31,11 +33,13 @@ if [ "$QUICK" = 1 ]; then
   SIZE=tiny
   RDEIC=(--size tiny --repeats 1 --diffeic-steps 4 --train-batch 1)
   CDC=(--size tiny --steps 1 3 --repeats 1)
+  CORRDIFF=(--size tiny --steps 2 --evaluations 2 --budgets 3 --search-size 64)
   CONSISTENCY=(--quick)
 else
   SIZE=sd21
   RDEIC=(--size sd21 --train-batch 4)
   CDC=(--size full --steps 1 17 65)
+  CORRDIFF=(--size full --repeats 2)
   CONSISTENCY=()
 fi
 [ "$DEVICE" = cpu ] || CDC+=(--bf16)
@@ -65,8 +69,8 @@ section() {  # section <title> <command...>: its output into the report, fenced
 section "RDEIC decoding and training steps" \
   "$PY" scripts/bench_rdeic.py "${RDEIC[@]}" --backbone-path "$WORK/sd" --device "$DEVICE"
 section "CDC decoding" "$PY" scripts/bench_cdc.py "${CDC[@]}" --device "$DEVICE"
-# CorrDiff (issue 10): its benchmark goes here once scripts/bench_corrdiff.py exists, e.g.
-#   section "CorrDiff decoding" "$PY" scripts/bench_corrdiff.py --device "$DEVICE"
+section "CorrDiff coding and γ searches" \
+  "$PY" scripts/bench_corrdiff.py "${CORRDIFF[@]}" --device "$DEVICE"
 # Foundation codec (issue 11): its benchmark goes here once scripts/bench_foundation.py exists,
 # on the same random SD folder, e.g.
 #   section "Foundation codec" "$PY" scripts/bench_foundation.py --backbone-path "$WORK/sd" \

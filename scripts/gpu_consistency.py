@@ -25,6 +25,7 @@ import torch
 
 from modules.base import CodecModule
 from modules.cdc import CDCModule
+from modules.corrdiff import CorrDiffModule
 from modules.diffusion import save_random_sd
 from modules.elic import ELICModule
 from modules.entropy import BitstreamError
@@ -36,18 +37,30 @@ SIZES = {
     "elic": ({}, {"N": 16, "M": 32, "groups": [4, 4, 8, 16]}),
     "cdc": ({}, {"dim": 8, "dim_mults": [1, 2, 2, 2, 2, 2], "compressor_dim": 8}),
     "rdeic": ({}, {"channels": 32, "groups": [4, 4, 8, 16], "num_codes": 64, "hint_channels": 16}),
+    "corrdiff": (
+        {},
+        {
+            "elic": {"N": 16, "M": 32, "groups": [4, 4, 8, 16]},
+            "unet": {"channels": 8, "norm_groups": 4, "layers_per_block": 1},
+            "decode_steps": 2,
+            "gamma_search": {"evaluations": 2},
+        },
+    ),
 }
 
 
 def builders(backbone: str, quick: bool) -> dict[str, Callable[[], CodecModule]]:
-    """A random-weight codec per method (CorrDiff and the foundation codec get their line here
-    when their modules exist)."""
+    """A random-weight codec per method (the foundation codec gets its line here when its module
+    exists)."""
     size = 1 if quick else 0
     sd = {"backbone": {"name": "sd21_base", "path": backbone}, "lpips_pretrained_backbone": False}
     return {
         "elic": lambda: ELICModule(lmbda=0.032, **SIZES["elic"][size]),
         "cdc": lambda: CDCModule(prediction="x", **SIZES["cdc"][size]),
         "rdeic": lambda: RDEICModule(**sd, **SIZES["rdeic"][size]),
+        "corrdiff": lambda: CorrDiffModule(
+            elic_random_init=True, perceptual_pretrained=False, **SIZES["corrdiff"][size]
+        ),
     }
 
 

@@ -113,6 +113,7 @@ TINY_EXPERIMENTS = {
     "elic": "elic_l0.032",
     "cdc": "cdc_x_rho0_b0.0032",
     "rdeic": "rdeic_l2",
+    "corrdiff": "corrdiff_r0.1",
 }
 
 

@@ -394,7 +394,11 @@ def test_round_trip_is_the_encoders_own_reconstruction(codec):
     reconstruction, _ = codec.reconstruct(x)
     assert decoded.shape == x.shape and torch.equal(decoded, reconstruction)
     stream = Bitstream.from_bytes(data)
-    assert struct.unpack_from("<HI", stream.side) == (3, 0) and len(stream.side) == 6 + 2 * 3
+    steps, seed = struct.unpack_from("<HI", stream.side)
+    assert steps == 3 and len(stream.side) == 6 + 2 * 3
+    # x_T's seed is drawn per image from its ŷ (not one seed for a whole set) unless fixed
+    other = Bitstream.from_bytes(codec.compress(x.flip(-1)))
+    assert struct.unpack_from("<HI", other.side)[1] != seed
     gammas = np.frombuffer(stream.side, dtype="<f2", offset=6)
     bounds = codec.search["bounds"]
     assert ((bounds[0] <= gammas) & (gammas <= bounds[1])).all()  # one γ per step
@@ -430,8 +434,9 @@ def test_flipped_gamma_or_seed_bytes_are_refused_or_change_the_output(codec):
     try:
         data = codec.compress(photo())
     finally:
-        codec.set_decoding(seed=0)
+        codec.set_decoding(seed=None)
     stream = Bitstream.from_bytes(data)
+    assert struct.unpack_from("<HI", stream.side)[1] == 11
     gammas = np.frombuffer(stream.side, dtype="<f2", offset=6)
     assert gammas[-1] != 0  # else the output is D(ŷ) whatever the seed and the other γ's
     expected = codec.decompress(data)

@@ -33,6 +33,12 @@ INVALID_SIDES = {
         struct.pack("<HfI", 2, math.nan, 0),
         struct.pack("<HfI", 2, math.inf, 0),
     ],
+    "corrdiff": [  # steps u16, seed u32, one γ fp16 per step
+        struct.pack("<HI", 0, 0),
+        struct.pack("<HI", 1001, 0) + bytes(2 * 1001),
+        struct.pack("<HIee", 2, 0, 0.5, math.nan),
+        struct.pack("<HIee", 2, 0, math.inf, 0.5),
+    ],
 }
 
 

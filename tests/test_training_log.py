@@ -72,3 +72,23 @@ def test_progress_bar_describes_step_based_runs(max_epochs, expected):
     max_steps = 300000 if max_epochs != 5 else -1
     bar._trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps, global_step=7)
     assert bar._get_train_description(1).rstrip() == expected
+
+
+def test_corrdiff_logs_phase_1_then_phase_2_and_skips_an_empty_one(
+    tiny_codec, monkeypatch, caplog
+):
+    codec = tiny_codec("corrdiff")  # smoke: phase 1 for 3 steps, phase 2 for 3 steps
+    monkeypatch.setattr(codec, "_phase", None)
+    lines = _phase_lines(codec, [0, 1, 2, 3, 4], monkeypatch, caplog)
+    assert lines == {
+        0: "phase 1: μ_θ alone, E, entropy model and D frozen (lr 0.001) from step 0",
+        3: "phase 2: E, entropy model, D and μ_θ jointly (lr 0.001) from step 3",
+    }
+    for step, line in lines.items():  # the line names the phase the losses use
+        monkeypatch.setattr(type(codec), "global_step", property(lambda self, s=step: s))
+        assert line.startswith(f"phase {codec.phase}:")
+    monkeypatch.setattr(codec, "_phase", None)
+    monkeypatch.setattr(codec.hparams, "phase1_steps", 0)
+    assert list(_phase_lines(codec, [0], monkeypatch, caplog).values()) == [
+        "phase 2: E, entropy model, D and μ_θ jointly (lr 0.001) from step 0"
+    ]
