@@ -36,6 +36,16 @@ _COMPRESSAI_GROUP_KEY = re.compile(
 )
 
 
+def check_rans_string(string: bytes) -> None:
+    """Refuse what cannot be a CompressAI rANS string (BitstreamError).
+
+    rANS64 strings are 32-bit words with an 8-byte final state; the C++ decoder does not
+    bound-check, so anything else must be rejected before it is handed over.
+    """
+    if len(string) < 8 or len(string) % 4:
+        raise BitstreamError(f"malformed rANS string of {len(string)} bytes")
+
+
 class SpaceChannelContextCodec(LatentCodec):
     """Space-channel context model of ELIC [He2022] with a single rANS string per image.
 
@@ -199,10 +209,7 @@ class SpaceChannelContextCodec(LatentCodec):
         cdf, cdf_lengths, offsets = self._cdf_tables()
         decoders = []
         for string in strings[0]:
-            # rANS64 strings are 32-bit words with an 8-byte final state; the C++ decoder
-            # does not bound-check, so reject anything else before handing it over.
-            if len(string) < 8 or len(string) % 4:
-                raise BitstreamError(f"malformed rANS string of {len(string)} bytes")
+            check_rans_string(string)
             decoder = RansDecoder()
             decoder.set_stream(string)
             decoders.append(decoder)
