@@ -1,6 +1,9 @@
 """Evaluate checkpoints with real bitstreams: `python eval.py ckpt_path=<ckpts> data=<set>`.
 
-`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve).
+`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve). A list of
+values of an encoding or decoding option sweeps one checkpoint into one curve, one point per value
+(per combination when several options are lists): `encoding='{lmbda: [1, 2, 5, 10, 20]}'`,
+`decoding='{steps: [1, 17, 65]}'`.
 
 Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_node=N eval.py ...`
 (images are sharded over the ranks). Re-running the same command resumes where it stopped.
@@ -9,6 +12,7 @@ Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_no
 from __future__ import annotations
 
 import logging
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +59,27 @@ def dataset_configs(cfg: DictConfig) -> list[DictConfig]:
     return configs
 
 
-def point_label(ckpt_path: str, decoding: dict[str, Any] | None) -> str:
-    """Folder name of one checkpoint's results: experiment, file stem and decoding options."""
+def point_label(ckpt_path: str, *options: dict[str, Any] | None) -> str:
+    """Folder name of one point's results: experiment, file stem and the options given
+    (encoding, then decoding)."""
     label = f"{experiment_name_of(ckpt_path)}-{Path(ckpt_path).stem}"
-    if decoding:
-        label += "-" + ",".join(f"{k}={v}" for k, v in sorted(decoding.items()))
+    for given in options:
+        if given:
+            label += "-" + ",".join(f"{k}={v}" for k, v in sorted(given.items()))
     return label
+
+
+def option_grid(options: Any) -> list[dict[str, Any]]:
+    """The settings an `encoding`/`decoding` option dict asks for: a list value is a sweep, and
+    several lists give every combination ([{}] for no options)."""
+    options = OmegaConf.to_container(options) if options else {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"coding options must be a mapping like '{{steps: 17}}', not {options}")
+    names = list(options)
+    values = [v if isinstance(v, list) else [v] for v in options.values()]
+    if any(not v for v in values):
+        raise ConfigError(f"an option sweep needs at least one value, got {options}")
+    return [dict(zip(names, combination, strict=True)) for combination in product(*values)]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -68,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoints = expand_checkpoints(cfg.ckpt_path)
     device = init_distributed(cfg.device)
     rank, world = rank_and_world()
-    decoding = OmegaConf.to_container(cfg.decoding) if cfg.decoding else {}
+    settings = list(product(option_grid(cfg.encoding), option_grid(cfg.decoding)))
     out_dir = Path(cfg.paths.output_dir)
     metrics = metric_suite(cfg.metrics, device)
     sets = [hydra.utils.instantiate(c, _convert_="all") for c in dataset_configs(cfg)]
@@ -76,25 +95,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     hardware = f"{world} × {device_name(device)}"
     for ckpt_path in checkpoints:
         codec = load_codec(ckpt_path, map_location=device)
-        codec.set_decoding(**decoding)
-        label = point_label(ckpt_path, decoding)
-        for datamodule in sets:
-            results = evaluate_point(
-                codec,
-                datamodule.eval_images(),
-                metrics,
-                out_dir / datamodule.test_name / label,
-                name=experiment_name_of(ckpt_path),
-                description=f"{datamodule.test_name}; {ckpt_path}; {hardware}",
-                meta={
-                    "checkpoint": str(Path(ckpt_path).resolve()),
-                    "dataset": datamodule.test_name,
-                },
-                save_outputs=cfg.save_outputs,
-                resume=cfg.resume,
-                fid_min_patches=cfg.metrics.fid_min_patches,
-            )
-            points[datamodule.test_name].append((label, results))
+        for encoding, decoding in settings:
+            codec.set_encoding(**encoding)
+            codec.set_decoding(**decoding)
+            label = point_label(ckpt_path, encoding, decoding)
+            for datamodule in sets:
+                results = evaluate_point(
+                    codec,
+                    datamodule.eval_images(),
+                    metrics,
+                    out_dir / datamodule.test_name / label,
+                    name=experiment_name_of(ckpt_path),
+                    description=f"{datamodule.test_name}; {ckpt_path}; {hardware}",
+                    meta={
+                        "checkpoint": str(Path(ckpt_path).resolve()),
+                        "dataset": datamodule.test_name,
+                    },
+                    save_outputs=cfg.save_outputs,
+                    resume=cfg.resume,
+                    fid_min_patches=cfg.metrics.fid_min_patches,
+                )
+                points[datamodule.test_name].append((label, results))
     curves = {}
     if rank == 0:
         for dataset, dataset_points in points.items():

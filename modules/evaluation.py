@@ -255,6 +255,7 @@ def evaluate_point(
         "metrics": metrics.names,
         "fid": metrics.fid,
         "untrained_backbones": metrics.untrained,
+        "encoding": codec.encoding,
         "decoding": codec.decoding,
     }
     if rank == 0:
@@ -299,6 +300,7 @@ def evaluate_point(
         results = _write_point(
             rows_by_index, metrics, features_dir, out_dir, name, description, fid_min_patches
         )
+        results["encoding"] = codec.encoding
         results["decoding"] = codec.decoding  # with the device in the description: complexity
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     results = _broadcast(results)
@@ -345,15 +347,18 @@ def _write_point(
 def write_curve(
     path: Path, name: str, dataset: str, points: list[tuple[str, dict[str, Any]]]
 ) -> dict[str, Any]:
-    """One CompressAI results.json for a rate sweep: per metric, one value per checkpoint,
-    ordered by bpp (`points` = [(checkpoint label, point results)])."""
+    """One CompressAI results.json for a rate sweep: per metric, one value per point (a
+    checkpoint at one setting of its coding options), ordered by bpp (`points` = [(point
+    label, point results)])."""
     points = sorted(points, key=lambda p: p[1]["results"]["bpp"][0])
     keys = list(dict.fromkeys(k for _, p in points for k in p["results"]))
     curve = {
         "name": name,
-        "description": f"{dataset}; real bitstreams; one entry per checkpoint",
+        "description": f"{dataset}; real bitstreams; one entry per point",
         "dataset": dataset,
         "checkpoints": [label for label, _ in points],
+        "encoding": [p.get("encoding", {}) for _, p in points],
+        "decoding": [p.get("decoding", {}) for _, p in points],
         "results": {k: [p["results"].get(k, [None])[0] for _, p in points] for k in keys},
         "untrained_backbones": sorted({u for _, p in points for u in p["untrained_backbones"]}),
     }

@@ -1,7 +1,10 @@
 """Command-line codec: compress an image to a bitstream file and back, with any checkpoint.
 
-    python scripts/codec.py compress   --ckpt C --input img.png --output img.bin
+    python scripts/codec.py compress   --ckpt C --input img.png --output img.bin [--lmbda 10]
     python scripts/codec.py decompress --ckpt C --input img.bin --output rec.png
+
+`--lmbda` is the rate of a variable-rate codec (the foundation codec's encoding option λ); the
+decoder reads everything it needs from the stream.
 
 Errors (missing or unreadable files, bad streams) print one line on stderr and exit with 2.
 """
@@ -30,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--lmbda", type=float, help="compress: rate-distortion weight λ of a variable-rate codec"
+    )
     return parser.parse_args(argv)
 
 
@@ -37,7 +43,11 @@ def run(args: argparse.Namespace) -> str:
     """Execute one command; returns a one-line report."""
     if not args.input.is_file():
         raise FileNotFoundError(f"input not found: {args.input}")
+    if args.lmbda is not None and args.command != "compress":
+        raise ValueError("--lmbda is an encoding option; decompress needs none")
     codec = load_codec(args.ckpt, map_location=args.device)
+    if args.lmbda is not None:
+        codec.set_encoding(lmbda=args.lmbda)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.command == "compress":
         image = torch.from_numpy(load_rgb(args.input)).permute(2, 0, 1)
