@@ -136,8 +136,9 @@ class EvalImages(Dataset[dict[str, Any] | None]):
     """Full evaluation images: ``{"name": str, "image": uint8 tensor 3×H×W}`` per item.
 
     Uses the first frame of each item, after :func:`eval_preprocess` with ``resize_short_side``
-    and ``center_crop``. An image that cannot be read, or is smaller than ``center_crop`` after
-    the resize, gives None (after a warning); use :func:`collate_single` and skip None batches.
+    (or ``resize_long_side``) and ``center_crop``. An image that cannot be read, or is smaller
+    than ``center_crop`` after the resize, gives None (after a warning); use
+    :func:`collate_single` and skip None batches.
     """
 
     def __init__(
@@ -145,9 +146,13 @@ class EvalImages(Dataset[dict[str, Any] | None]):
         items: Sequence[Item],
         resize_short_side: int | None = None,
         center_crop: int | None = None,
+        resize_long_side: int | None = None,
     ) -> None:
+        if resize_short_side is not None and resize_long_side is not None:
+            raise ValueError("give resize_short_side or resize_long_side, not both")
         self.items = list(items)
         self.resize_short_side = resize_short_side
+        self.resize_long_side = resize_long_side
         self.center_crop = center_crop
 
     def __len__(self) -> int:
@@ -161,11 +166,14 @@ class EvalImages(Dataset[dict[str, Any] | None]):
             _skip(f"skipping evaluation image {item.name}: {error}")
             return None
         try:
-            img = eval_preprocess(img, self.resize_short_side, self.center_crop)
+            img = eval_preprocess(
+                img, self.resize_short_side, self.center_crop, self.resize_long_side
+            )
         except ValueError as error:
             _skip(
                 f"skipping evaluation image {item.frames[0]}: {error} (resize_short_side="
-                f"{self.resize_short_side}, center_crop={self.center_crop})"
+                f"{self.resize_short_side}, resize_long_side={self.resize_long_side}, "
+                f"center_crop={self.center_crop})"
             )
             return None
         return {"name": item.name, "image": img}
