@@ -21,7 +21,9 @@ Choices where the paper is silent (each a config value of configs/model/foundati
 - ŷ_t enters the reverse process as it is (the paper: no added noise, no √ᾱ_t scaling; √ᾱ_t
   is 0.96–0.99 for t ∈ [20, 70]).
 - P_φ: three stride-2/stride-1 pairs of 3×3 convolutions of widths 64, 128, 256 with SiLU and a
-  3×3 head with mean pooling; ln λ as the extra input channel; a = exp of a sigmoid-mapped log
+  3×3 head with mean pooling; ln(λ/λ̄) as the extra input channel (λ̄ = 5.62, the geometric mean
+  of the training λs: centred, so that only the λ-dependent part of the loss shapes the
+  λ dependence of a, b, t); a = exp of a sigmoid-mapped log
   range [1/32, 32] (a > 0 and fp16-safe whatever the input), b = 8·tanh(·/8), s = sigmoid.
   The head starts at zero weights with a = 1, b = 0, t = 76, the noise-matched quantiser:
   uniform rounding with step 1/a adds noise of std 1/(a√12) = 0.289, SD's √((1 − ᾱ_t)/ᾱ_t) at
@@ -44,9 +46,10 @@ Choices where the paper is silent (each a config value of configs/model/foundati
   in SD's float64 table (`continuous_alpha_cumprod`, exact at integer t, non-zero derivative)
   so that the loss reaches P_φ's timestep output both through ᾱ(t) and the UNet's sinusoidal
   time embedding; ŷ_0 = (ŷ_t − √(1 − ᾱ) ε̂)/√ᾱ, x̂ = D_vae(ŷ_0). L = mean over the batch of
-  bpp + λ · `mse_scale` · MSE(x, x̂) with images in [0, 1] and the rate in bits per pixel:
-  with λ ∈ {1, 5, 10, 20} that trades about 0.01 bpp per 0.001 of MSE, the paper's low-rate
-  regime (λ·255²·MSE would put λ = 1 near 1 bpp). λ is drawn per sample
+  bpp + λ · `mse_scale` · MSE(x, x̂) with images in [0, 1] and the rate in bits per pixel: at
+  λ = 10 a gain of 0.001 in MSE is worth 0.01 bpp, which puts λ ∈ {1, 5, 10, 20} in the paper's
+  low-rate regime (an MSE on 0–255 values, as ELIC's λ·255²·MSE, would weigh distortion 65025
+  times more and push the same λ to high rates). λ is drawn per sample
   (`lmbda_sampling: sample`; `batch` draws one per update as the paper's wording), so every
   update sees several rates. bf16 autocast for the frozen UNet and VAE on GPU only, P_φ and the
   entropy path in fp32; `gradient_checkpointing` turns on diffusers' block checkpointing of the
@@ -339,6 +342,7 @@ class FoundationModule(LatentDiffusionCodec):
             widths=estimator_widths,
             kernel_size=estimator_kernel,
             lmbda_input=lmbda_input,
+            lmbda_reference=math.exp(sum(math.log(v) for v in lmbdas) / len(lmbdas)),
             scale_range=scale_range,
             offset_bound=offset_bound,
             init_scale=init_scale,

@@ -31,8 +31,10 @@ class ParameterEstimator(nn.Module):
     one pair per entry of `widths` (the paper: "alternating downsampling and standard
     convolutional layers, increasing filter count as depth increases"); a last convolution gives
     2·C + 1 maps, mean-pooled to one scalar each (the paper's 9 parameters for C = 4). λ enters
-    as ln λ broadcast to a channel (`lmbda_input="log"`, well scaled for λ ∈ [1, 20]) or as λ
-    itself (`"linear"`, the paper's literal wording).
+    as ln(λ/λ_ref) broadcast to a channel (`lmbda_input="log"`; with λ_ref the geometric mean of
+    the training λs it is centred and of order 1, so a trend of the loss that does not depend on
+    λ moves every λ alike instead of leaking into the λ dependence) or as λ/λ_ref (`"linear"`;
+    λ itself, the paper's literal wording, for λ_ref = 1).
 
     The paper applies no activation except a sigmoid on the timestep. Here the scalars are mapped
     to bounded ranges so that every output is a valid, fp16-representable side parameter for any
@@ -49,6 +51,7 @@ class ParameterEstimator(nn.Module):
         widths: Sequence[int] = (64, 128, 256),
         kernel_size: int = 3,
         lmbda_input: str = "log",
+        lmbda_reference: float = 1.0,
         scale_range: Sequence[float] = (1 / 32, 32.0),
         offset_bound: float = 8.0,
         init_scale: float = 1.0,
@@ -68,7 +71,10 @@ class ParameterEstimator(nn.Module):
                 "need 0 < init_fraction < 1, offset_bound > 0, an odd kernel_size and widths"
             )
         self.latent_channels = latent_channels
+        if not lmbda_reference > 0:
+            raise ValueError(f"lmbda_reference must be positive, got {lmbda_reference}")
         self.lmbda_input = lmbda_input
+        self.lmbda_reference = float(lmbda_reference)
         self.offset_bound = float(offset_bound)
         self.register_buffer("log_scale_range", torch.tensor([math.log(low), math.log(high)]))
         layers: list[nn.Module] = []
@@ -91,8 +97,8 @@ class ParameterEstimator(nn.Module):
 
     def forward(self, y: Tensor, lmbda: Tensor) -> QuantizationParameters:
         """y: B×C×h×w latent, lmbda: (B,) positive -> QuantizationParameters (fp32)."""
-        lmbda = lmbda.to(y).view(-1, 1, 1, 1)
-        condition = lmbda.log() if self.lmbda_input == "log" else lmbda
+        ratio = lmbda.to(y).view(-1, 1, 1, 1) / self.lmbda_reference
+        condition = ratio.log() if self.lmbda_input == "log" else ratio
         h = torch.cat([y, condition.expand(-1, 1, *y.shape[2:])], dim=1)
         raw = self.head(self.body(h)).mean(dim=(2, 3))
         c = self.latent_channels
