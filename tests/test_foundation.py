@@ -67,7 +67,8 @@ def smoke(tmp_path_factory) -> Path:
         "experiment=foundation_sd21",
         "debug=smoke",
         "+data.test.limit=1",
-        "callbacks.rd_evaluation.limit=1",
+        "data.test.center_crop=192",  # padded to 256²
+        "callbacks.rd_evaluation.images={source: sample, limit: 1, center_crop: 192}",
     ]
     train(compose_config("train", overrides, run_dir))
     return run_dir
@@ -84,7 +85,12 @@ def naive_smoke(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     from train import train
 
     run_dir = tmp_path_factory.mktemp("naive") / "run"
-    overrides = ["experiment=foundation_naive", "debug=smoke", "+data.test.limit=1"]
+    overrides = [
+        "experiment=foundation_naive",
+        "debug=smoke",
+        "+data.test.limit=1",
+        "data.test.center_crop=192",
+    ]
     return run_dir, train(compose_config("train", overrides, run_dir))
 
 
