@@ -1,8 +1,10 @@
 """Evaluate checkpoints with real bitstreams: `python eval.py ckpt_path=<ckpts> data=<set>`.
 
-`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve); every
-point evaluated into the output folder stays in its results.json and summary.md, one curve per
-sweep and decoding setting.
+`ckpt_path` is a checkpoint, a glob or a list of them (a rate sweep gives one RD curve). A list of
+values of an encoding or decoding option sweeps one checkpoint into one curve, one point per value
+(per combination when several options are lists): `encoding='{lmbda: [1, 2, 5, 10, 20]}'`,
+`decoding='{steps: [1, 17, 65]}'`. Every point evaluated into the output folder stays in its
+results.json and summary.md, one curve per sweep and fixed (single-valued) option setting.
 
 Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_node=N eval.py ...`
 (images are sharded over the ranks). Re-running the same command resumes where it stopped.
@@ -11,6 +13,7 @@ Several sets: `datasets=[kodak,tecnick]`; several GPUs: `torchrun --nproc_per_no
 from __future__ import annotations
 
 import logging
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +60,22 @@ def dataset_configs(cfg: DictConfig) -> list[DictConfig]:
     return configs
 
 
-def point_label(ckpt_path: str, decoding: dict[str, Any] | None) -> str:
-    """Folder name of one checkpoint's results: experiment, file stem and decoding options."""
+def point_label(ckpt_path: str, *options: dict[str, Any] | None) -> str:
+    """Folder name of one point's results: experiment, file stem and the options given
+    (encoding, then decoding)."""
     label = f"{experiment_name_of(ckpt_path)}-{Path(ckpt_path).stem}"
-    if decoding:
-        label += "-" + ",".join(f"{k}={v}" for k, v in sorted(decoding.items()))
+    for given in options:
+        if given:
+            label += "-" + ",".join(f"{k}={v}" for k, v in sorted(given.items()))
     return label
 
 
-def curve_name(name: str, decoding: dict[str, Any] | None) -> str:
-    """Name of the RD curve of a sweep evaluated with fixed decoding options."""
-    if not decoding:
+def curve_name(name: str, *options: dict[str, Any] | None) -> str:
+    """Name of the RD curve of a sweep evaluated with the fixed (single-valued) options given."""
+    fixed = {k: v for given in options if given for k, v in given.items()}
+    if not fixed:
         return name
-    return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(decoding.items()))})"
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(fixed.items()))})"
 
 
 def data_settings(datamodule: Any) -> dict[str, Any]:
@@ -78,6 +84,21 @@ def data_settings(datamodule: Any) -> dict[str, Any]:
     if spec.get("root") is not None:
         spec["root"] = str(Path(spec["root"]).resolve())
     return spec
+
+
+def option_grid(options: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The settings an `encoding`/`decoding` option dict asks for: a list value is a sweep, and
+    several lists give every combination ([{}] for no options); and the fixed (non-list) ones,
+    which name the curve."""
+    options = OmegaConf.to_container(options) if options else {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"coding options must be a mapping like '{{steps: 17}}', not {options}")
+    names = list(options)
+    values = [v if isinstance(v, list) else [v] for v in options.values()]
+    if any(not v for v in values):
+        raise ConfigError(f"an option sweep needs at least one value, got {options}")
+    fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
+    return [dict(zip(names, combination, strict=True)) for combination in product(*values)], fixed
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -91,7 +112,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoints = expand_checkpoints(cfg.ckpt_path)
     device = init_distributed(cfg.device)
     rank, world = rank_and_world()
-    decoding = OmegaConf.to_container(cfg.decoding) if cfg.decoding else {}
+    (encodings, fixed_encoding), (decodings, fixed_decoding) = (
+        option_grid(cfg.encoding),
+        option_grid(cfg.decoding),
+    )
+    settings = list(product(encodings, decodings))
+    curve = curve_name(cfg.experiment_name, fixed_encoding, fixed_decoding)
     out_dir = Path(cfg.paths.output_dir)
     metrics = metric_suite(cfg.metrics, device)
     sets = [hydra.utils.instantiate(c, _convert_="all") for c in dataset_configs(cfg)]
@@ -103,26 +129,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             backbone_path=cfg.backbone.path,
             weights_dir=cfg.paths.weights_dir,
         )
-        codec.set_decoding(**decoding)
-        label = point_label(ckpt_path, decoding)
-        for datamodule in sets:
-            evaluate_point(
-                codec,
-                datamodule.eval_images(),
-                metrics,
-                out_dir / datamodule.test_name / label,
-                name=experiment_name_of(ckpt_path),
-                description=f"{datamodule.test_name}; {ckpt_path}; {hardware}",
-                meta={
-                    "checkpoint": str(Path(ckpt_path).resolve()),
-                    "dataset": datamodule.test_name,
-                    "data": data_settings(datamodule),
-                },
-                save_outputs=cfg.save_outputs,
-                resume=cfg.resume,
-                fid_min_patches=cfg.metrics.fid_min_patches,
-                curve=curve_name(cfg.experiment_name, decoding),
-            )
+        for encoding, decoding in settings:
+            codec.set_encoding(**encoding)
+            codec.set_decoding(**decoding)
+            label = point_label(ckpt_path, encoding, decoding)
+            for datamodule in sets:
+                evaluate_point(
+                    codec,
+                    datamodule.eval_images(),
+                    metrics,
+                    out_dir / datamodule.test_name / label,
+                    name=experiment_name_of(ckpt_path),
+                    description=f"{datamodule.test_name}; {ckpt_path}; {hardware}",
+                    meta={
+                        "checkpoint": str(Path(ckpt_path).resolve()),
+                        "dataset": datamodule.test_name,
+                        "data": data_settings(datamodule),
+                    },
+                    save_outputs=cfg.save_outputs,
+                    resume=cfg.resume,
+                    fid_min_patches=cfg.metrics.fid_min_patches,
+                    curve=curve,
+                )
     curves = {}
     if rank == 0:
         for datamodule in sets:

@@ -46,7 +46,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("evaluate") and datamodule.hparams.test:
         # built before fitting, so that a missing metric weight file fails now, not after training
         metrics_suite = metric_suite(cfg.metrics, trainer.strategy.root_device)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+    if any(p.requires_grad for p in model.parameters()):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+    else:  # a fixed codec (e.g. foundation_naive): its checkpoint alone rebuilds it for eval.py
+        log.info("The model has no trainable parameters: nothing to fit")
+        trainer.strategy.connect(model)
+        trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+        model.to(trainer.strategy.root_device)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if metrics_suite is not None:

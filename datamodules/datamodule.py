@@ -15,9 +15,19 @@ from datamodules.sources import check_exists, list_items
 from modules.utils import ConfigError
 
 _SPEC_KEYS = frozenset({"source", "root", "split", "limit", "homepage"})
+#: keys that must be positive integers when set
+_SIZE_KEYS = (
+    "limit",
+    "resize_short_side",
+    "resize_long_side",
+    "center_crop",
+    "expected_count",
+    "min_side",
+)
 _TEST_KEYS = _SPEC_KEYS | {
     "name",
     "resize_short_side",
+    "resize_long_side",
     "center_crop",
     "expected_count",
     "min_side",
@@ -44,9 +54,11 @@ def _spec(value: Mapping | None, key: str) -> dict[str, Any] | None:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"data.{key} has unknown keys {unknown}; allowed: {sorted(allowed)}")
-    for name in ("limit", "resize_short_side", "center_crop", "expected_count", "min_side"):
+    for name in _SIZE_KEYS:
         if spec.get(name) is not None:
             _positive_int(spec[name], f"data.{key}.{name}")
+    if spec.get("resize_short_side") is not None and spec.get("resize_long_side") is not None:
+        raise ValueError(f"data.{key}: give resize_short_side or resize_long_side, not both")
     return spec
 
 
@@ -55,10 +67,10 @@ class ImageDataModule(L.LightningDataModule):
 
     Args:
         train, val, test: split specs (see :func:`datamodules.sources.list_items`); ``test``
-            may also set ``name`` (used in result files), ``resize_short_side`` and
-            ``center_crop`` (the evaluation protocol), ``min_side`` (skip images with a
-            smaller side; the configs use 64) and ``expected_count`` (warn if the number of
-            images differs).
+            may also set ``name`` (used in result files), ``resize_short_side`` or
+            ``resize_long_side`` and ``center_crop`` (the evaluation protocol), ``min_side``
+            (skip images with a smaller side; the configs use 64) and ``expected_count`` (warn
+            if the number of images differs).
         batch_size: global batch size, split evenly over the processes.
         num_workers: DataLoader workers per process.
         crop_size: side of the random square training crops.
@@ -192,9 +204,10 @@ class ImageDataModule(L.LightningDataModule):
                 )
             self.test_set = EvalImages(
                 items,
-                spec.get("resize_short_side"),
-                spec.get("center_crop"),
-                spec.get("min_side") or 1,
+                resize_short_side=spec.get("resize_short_side"),
+                center_crop=spec.get("center_crop"),
+                min_side=spec.get("min_side") or 1,
+                resize_long_side=spec.get("resize_long_side"),
             )
         return self.test_set
 

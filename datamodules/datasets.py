@@ -136,12 +136,12 @@ class EvalImages(Dataset[dict[str, Any] | None]):
     """Full evaluation images: ``{"name": str, "image": uint8 tensor 3×H×W}`` per item.
 
     Uses the first frame of each item, after :func:`eval_preprocess` with ``resize_short_side``
-    and ``center_crop``. An image that cannot be read, is smaller than ``center_crop`` after
-    the resize, or has a side below ``min_side`` gives None (after a warning); use
-    :func:`collate_single` and skip None batches. The evaluation configs set ``min_side`` to 64:
-    below one 64-px coding block the header and padding dominate the rate (a 1×1 image costs
-    hundreds of bpp) and LPIPS, SSIM and VIF are undefined (MS-SSIM needs 161 px; smaller images
-    are NaN there and counted per metric).
+    (or ``resize_long_side``) and ``center_crop``. An image that cannot be read, is smaller than
+    ``center_crop`` after the resize, or has a side below ``min_side`` gives None (after a
+    warning); use :func:`collate_single` and skip None batches. The evaluation configs set
+    ``min_side`` to 64: below one 64-px coding block the header and padding dominate the rate (a
+    1×1 image costs hundreds of bpp) and LPIPS, SSIM and VIF are undefined (MS-SSIM needs 161 px;
+    smaller images are NaN there and counted per metric).
     """
 
     def __init__(
@@ -150,9 +150,13 @@ class EvalImages(Dataset[dict[str, Any] | None]):
         resize_short_side: int | None = None,
         center_crop: int | None = None,
         min_side: int = 1,
+        resize_long_side: int | None = None,
     ) -> None:
+        if resize_short_side is not None and resize_long_side is not None:
+            raise ValueError("give resize_short_side or resize_long_side, not both")
         self.items = list(items)
         self.resize_short_side = resize_short_side
+        self.resize_long_side = resize_long_side
         self.center_crop = center_crop
         self.min_side = min_side
 
@@ -167,11 +171,14 @@ class EvalImages(Dataset[dict[str, Any] | None]):
             _skip(f"skipping evaluation image {item.name}: {error}")
             return None
         try:
-            img = eval_preprocess(img, self.resize_short_side, self.center_crop)
+            img = eval_preprocess(
+                img, self.resize_short_side, self.center_crop, self.resize_long_side
+            )
         except ValueError as error:
             _skip(
                 f"skipping evaluation image {item.frames[0]}: {error} (resize_short_side="
-                f"{self.resize_short_side}, center_crop={self.center_crop})"
+                f"{self.resize_short_side}, resize_long_side={self.resize_long_side}, "
+                f"center_crop={self.center_crop})"
             )
             return None
         if min(img.shape[-2:]) < self.min_side:

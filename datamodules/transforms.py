@@ -24,6 +24,16 @@ def resize_to_short_side(img: Tensor, size: int) -> Tensor:
     return F.resize(img, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+def resize_to_long_side(img: Tensor, size: int) -> Tensor:
+    """Resize so the longer side is ``size`` (bicubic, antialiased; uint8 stays in 0..255)."""
+    height, width = img.shape[-2:]
+    if max(height, width) == size:
+        return img
+    scale = size / max(height, width)
+    shape = [round(height * scale), round(width * scale)]
+    return F.resize(img, shape, interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
     """Uniform integer in [low, high]."""
     return int(torch.randint(low, high + 1, (1,), generator=generator))
@@ -63,19 +73,28 @@ def train_crop(
 
 
 def eval_preprocess(
-    img: Tensor, resize_short_side: int | None = None, center_crop: int | None = None
+    img: Tensor,
+    resize_short_side: int | None = None,
+    center_crop: int | None = None,
+    resize_long_side: int | None = None,
 ) -> Tensor:
-    """Evaluation protocol: optional short-side resize, then optional square centre crop.
+    """Evaluation protocol: optional short- or long-side resize, then optional square centre
+    crop.
 
     ``resize_short_side=768, center_crop=768`` is RDEIC's protocol for Tecnick and CLIC2020 and
-    CDC's for DIV2K; CDC resizes Tecnick to 512² (configs/data/*_768, tecnick_512). None skips
-    a step.
+    CDC's for DIV2K; CDC resizes Tecnick to 512² (configs/data/*_768, tecnick_512);
+    ``resize_long_side=2048, center_crop=768`` is Relic et al.'s for CLIC2022. None skips a
+    step.
 
     Raises:
-        ValueError: the (resized) image is smaller than the centre crop.
+        ValueError: both resizes are given, or the (resized) image is smaller than the crop.
     """
+    if resize_short_side is not None and resize_long_side is not None:
+        raise ValueError("give resize_short_side or resize_long_side, not both")
     if resize_short_side is not None:
         img = resize_to_short_side(img, resize_short_side)
+    if resize_long_side is not None:
+        img = resize_to_long_side(img, resize_long_side)
     if center_crop is not None:
         height, width = img.shape[-2:]
         if height < center_crop or width < center_crop:

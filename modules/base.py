@@ -106,6 +106,7 @@ class CodecModule(L.LightningModule, ABC):
         self._fingerprint: bytes | None = None
         self._phase: tuple[int, str] | None = None
         self.decoding: dict[str, Any] = {}
+        self.encoding: dict[str, Any] = {}
 
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs):
         """Lightning's `save_hyperparameters`, then every value checked against the type hints
@@ -152,13 +153,7 @@ class CodecModule(L.LightningModule, ABC):
         The settings a method has are the keys of `self.decoding` (none by default); encoders
         write them into the stream, so a decoder always uses the encoder's.
         """
-        unknown = sorted(set(options) - set(self.decoding))
-        if unknown:
-            raise ConfigError(
-                f"{type(self).__name__} has decoding options {sorted(self.decoding)}, "
-                f"not {unknown}"
-            )
-        self.decoding = self.checked_decoding({**self.decoding, **options})
+        self.decoding = self.checked_decoding(_updated("decoding", self, self.decoding, options))
 
     def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate (and normalise) a full set of decoding options; raise ConfigError if bad."""
@@ -171,6 +166,18 @@ class CodecModule(L.LightningModule, ABC):
         options = dict(self.decoding)
         if "seed" in options and options["seed"] is None:
             options["seed"] = content_seed(latent)
+        return options
+
+    def set_encoding(self, **options: Any) -> None:
+        """Change encoder settings (e.g. the foundation codec's λ); the others keep their value.
+
+        The settings a method has are the keys of `self.encoding` (none by default); they
+        steer `compress` only: whatever the decoder needs of them is written into the stream.
+        """
+        self.encoding = self.checked_encoding(_updated("encoding", self, self.encoding, options))
+
+    def checked_encoding(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate (and normalise) a full set of encoding options; raise ConfigError if bad."""
         return options
 
     # ------------------------------------------------------------------ frozen networks
@@ -244,10 +251,16 @@ class CodecModule(L.LightningModule, ABC):
         return updated
 
     def coding_state(self) -> Iterator[tuple[str, Tensor]]:
-        """Tensors that decide the decoded output: everything except frozen networks."""
+        """Tensors that decide the decoded output: everything except frozen networks, plus the
+        `identity()` digest of each frozen network that has one (the diffusion backbone), so
+        that a stream decoded against other frozen weights is refused."""
         for key, value in self.state_dict().items():
             if not self._is_frozen_key(key):
                 yield key, value
+        for name, module in self._frozen.items():
+            if callable(getattr(module, "identity", None)):
+                digest = bytearray(module.identity())
+                yield f"{name}.identity", torch.frombuffer(digest, dtype=torch.uint8)
 
     @property
     def model_fingerprint(self) -> bytes:
@@ -417,6 +430,18 @@ class CodecModule(L.LightningModule, ABC):
         if self.hparams.clip_grad_norm:
             main = optimizer.param_groups[0]["params"]
             torch.nn.utils.clip_grad_norm_(main, self.hparams.clip_grad_norm)
+
+
+def _updated(
+    kind: str, codec: CodecModule, current: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """`current` updated with `options`; a name the codec does not have is a ConfigError."""
+    unknown = sorted(set(options) - set(current))
+    if unknown:
+        raise ConfigError(
+            f"{type(codec).__name__} has {kind} options {sorted(current)}, not {unknown}"
+        )
+    return {**current, **options}
 
 
 def check_hyperparameters(cls: type, hparams: Mapping[str, Any]) -> None:

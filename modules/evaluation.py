@@ -20,7 +20,7 @@ with "-" for "_" (lpips_alex -> lpips-alex). A metric an image is too small for 
 CSV, left out of its mean and counted in "counts"; it is never scored as perfect.
 
 `write_curves` collects every point evaluated in a dataset folder, whichever run wrote it, into
-that folder's results.json (one RD curve per checkpoint sweep and decoding setting, each in
+that folder's results.json (one RD curve per sweep and fixed coding-option setting, each in
 CompressAI's format) and `write_summary` renders every dataset and curve as Markdown tables.
 """
 
@@ -307,6 +307,7 @@ def evaluate_point(
         **(meta or {}),
         "model": codec.model_fingerprint.hex(),
         "metrics": {"names": metrics.names, "fid": metrics.fid, "pretrained": metrics.pretrained},
+        "encoding": codec.encoding,
         "decoding": codec.decoding,
         "device": codec.device.type,
     }
@@ -364,7 +365,9 @@ def evaluate_point(
             rows_by_index, metrics, features_dir, out_dir, name, description, fid_min_patches
         )
         # with the device in the description: complexity tables come from the same run
-        results.update({"curve": curve or name, "decoding": codec.decoding})
+        results.update(
+            {"curve": curve or name, "encoding": codec.encoding, "decoding": codec.decoding}
+        )
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     results = _broadcast(results)
     _barrier()
@@ -420,7 +423,7 @@ def _read_points(dataset_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def write_curves(dataset_dir: Path, dataset: str) -> dict[str, Any]:
     """`<dataset_dir>/results.json`: every point evaluated in the folder, by any run, as one
-    CompressAI-format curve per checkpoint sweep and decoding setting ("curves"), each with one
+    CompressAI-format curve per sweep and fixed coding-option setting ("curves"), each with one
     value per point ordered by bpp and the points' folder names ("checkpoints")."""
     by_curve: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for label, point in _read_points(dataset_dir):
@@ -435,6 +438,7 @@ def write_curves(dataset_dir: Path, dataset: str) -> dict[str, Any]:
                 "description": f"{dataset}; real bitstreams; one entry per point",
                 "dataset": dataset,
                 "checkpoints": [label for label, _ in points],
+                "encoding": [p.get("encoding", {}) for _, p in points],
                 "decoding": [p.get("decoding", {}) for _, p in points],
                 "images": [p.get("images") for _, p in points],
                 "counts": [p.get("counts", {}) for _, p in points],
@@ -446,8 +450,8 @@ def write_curves(dataset_dir: Path, dataset: str) -> dict[str, Any]:
         )
     document = {
         "dataset": dataset,
-        "description": f"{dataset}; real bitstreams; one curve per checkpoint sweep and "
-        "decoding setting",
+        "description": f"{dataset}; real bitstreams; one curve per sweep and fixed "
+        "coding-option setting",
         "curves": curves,
     }
     (dataset_dir / "results.json").write_text(json.dumps(document, indent=2))

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -148,20 +147,12 @@ class RDEICModule(CodecModule):
     # ------------------------------------------------------------------ numerics
     def _frozen_autocast(self):
         """bf16 for the frozen SD networks on GPU (the entropy path stays fp32 regardless)."""
-        if self.hparams.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return self.backbone.autocast(self.hparams.bf16)
 
     def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
         """Build the VQ index prior (learned usage prior) and the entropy coders' tables."""
         self.compressor.vq.update()
         return super().update(force=force, update_quantiles=update_quantiles)
-
-    def coding_state(self) -> Iterator[tuple[str, Tensor]]:
-        """Trainable weights plus the identity of the backbone that decoding needs."""
-        yield from super().coding_state()
-        identity = torch.frombuffer(bytearray(self.backbone.identity()), dtype=torch.uint8)
-        yield "backbone.identity", identity
 
     # ------------------------------------------------------------------ decoding options
     def checked_decoding(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Command-line codec: compress images to bitstream files and back, with any checkpoint.
 
     python scripts/codec.py compress   --ckpt C --input img.png --output img.bin [--steps 5 ...]
+    python scripts/codec.py compress   --ckpt C --input img.png --output img.bin --lmbda 10
     python scripts/codec.py decompress --ckpt C --input img.bin --output rec.png
     python scripts/codec.py compress   --ckpt C --input photos/ --output streams/   # folder mode
 
 Any further `--<option> <value>` is a decoding option of the method, by the names `eval.py`'s
 `decoding=` uses (CDC: --steps --gamma --seed; RDEIC: --steps --guidance --seed). The encoder
 writes them into the stream, so `decompress` takes none: it decodes with the stream's settings.
+`--lmbda` is the rate of a variable-rate codec (the foundation codec's encoding option λ).
 A folder input codes every image (or every .bin file) under it with the model loaded once,
 keeping the sub-folders. Each file's report line has its size, rate and coding seconds.
 
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--input", required=True, type=Path, help="a file or a folder")
     parser.add_argument("--output", required=True, type=Path, help="a file or a folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    parser.add_argument(
+        "--lmbda", type=float, help="compress: rate-distortion weight λ of a variable-rate codec"
+    )
     parser.add_argument("--backbone-path", help="folder of the frozen backbone (RDEIC)")
     parser.add_argument(
         "--weights-dir", default="weights", help="where the checkpoint's backbone is looked for"
@@ -141,6 +146,8 @@ def run(args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
     if args.command == "compress" and len(pairs) == 1:
         load_rgb(pairs[0][0])  # an unreadable image fails before the model loads
     if args.command == "decompress":
+        if args.lmbda is not None:
+            raise ConfigError("--lmbda is an encoding option; decompress needs none")
         if options:
             names = ", ".join(f"--{name}" for name in options)
             raise ConfigError(
@@ -158,6 +165,8 @@ def run(args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
         weights_dir=args.weights_dir,
     )
     codec.set_decoding(**options)
+    if args.lmbda is not None:
+        codec.set_encoding(lmbda=args.lmbda)
     loaded = time.perf_counter() - start
     lines = [f"{args.ckpt}: {type(codec).__name__} on {device}, loaded in {loaded:.1f} s"]
     code = compress_file if args.command == "compress" else decompress_file

@@ -7,6 +7,8 @@
 #   - CDC at full size, U-Net under bf16: decoding at 1, 17 and 65 steps  scripts/bench_cdc.py
 #   - CorrDiff at the paper's size: encode/decode at 8 steps split into ELIC, μ_θ and γ search,
 #     and the two γ searches at equal LPIPS budgets              scripts/bench_corrdiff.py
+#   - the foundation codec on the same SD: encode, decode at the predicted t and respaced, against
+#     CDC's 17-step decoder                                       scripts/bench_foundation.py
 #   - every method: decompress(compress(x)) bit-exact on the GPU, and GPU streams decoded on
 #     the CPU (same pixels? PSNR between the two?)            scripts/gpu_consistency.py
 #
@@ -34,12 +36,14 @@ if [ "$QUICK" = 1 ]; then
   RDEIC=(--size tiny --repeats 1 --diffeic-steps 4 --train-batch 1)
   CDC=(--size tiny --steps 1 3 --repeats 1)
   CORRDIFF=(--size tiny --steps 2 --evaluations 2 --budgets 3 --search-size 64)
+  FOUNDATION=(--size tiny --steps 1 2 --no-full --repeats 1)
   CONSISTENCY=(--quick)
 else
   SIZE=sd21
   RDEIC=(--size sd21 --train-batch 4)
   CDC=(--size full --steps 1 17 65)
   CORRDIFF=(--size full --repeats 2)
+  FOUNDATION=(--size sd21 --repeats 3)
   CONSISTENCY=()
 fi
 [ "$DEVICE" = cpu ] || CDC+=(--bf16)
@@ -71,10 +75,8 @@ section "RDEIC decoding and training steps" \
 section "CDC decoding" "$PY" scripts/bench_cdc.py "${CDC[@]}" --device "$DEVICE"
 section "CorrDiff coding and γ searches" \
   "$PY" scripts/bench_corrdiff.py "${CORRDIFF[@]}" --device "$DEVICE"
-# Foundation codec (issue 11): its benchmark goes here once scripts/bench_foundation.py exists,
-# on the same random SD folder, e.g.
-#   section "Foundation codec" "$PY" scripts/bench_foundation.py --backbone-path "$WORK/sd" \
-#     --device "$DEVICE"
+section "Foundation codec against CDC" \
+  "$PY" scripts/bench_foundation.py "${FOUNDATION[@]}" --backbone-path "$WORK/sd" --device "$DEVICE"
 section "Bit-exactness and streams across devices" \
   "$PY" scripts/gpu_consistency.py "${CONSISTENCY[@]}" --backbone-path "$WORK/sd" \
   --device "$DEVICE"

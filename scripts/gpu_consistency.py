@@ -29,10 +29,12 @@ from modules.corrdiff import CorrDiffModule
 from modules.diffusion import save_random_sd
 from modules.elic import ELICModule
 from modules.entropy import BitstreamError
+from modules.foundation import FoundationModule, NaiveFoundationModule
 from modules.metrics import psnr, quantize_8bit
 from modules.rdeic import RDEICModule
 
-#: per method: (real-size kwargs, tiny kwargs); RDEIC also gets its backbone folder
+#: per method: (real-size kwargs, tiny kwargs); the SD-based ones also get the backbone folder
+#: (the foundation codecs decode 8 respaced passes at real size, to fit the check's time)
 SIZES = {
     "elic": ({}, {"N": 16, "M": 32, "groups": [4, 4, 8, 16]}),
     "cdc": ({}, {"dim": 8, "dim_mults": [1, 2, 2, 2, 2, 2], "compressor_dim": 8}),
@@ -46,18 +48,33 @@ SIZES = {
             "gamma_search": {"evaluations": 2},
         },
     ),
+    "foundation": (
+        {"decode_steps": 8},
+        {
+            "estimator_widths": [16, 32],
+            "hyper_channels": 16,
+            "side_channels": 16,
+            "context_channels": 16,
+            "decode_steps": 2,
+        },
+    ),
+    "foundation_naive": ({"decode_steps": 8}, {"decode_steps": 2}),
 }
 
 
 def builders(backbone: str, quick: bool) -> dict[str, Callable[[], CodecModule]]:
-    """A random-weight codec per method (the foundation codec gets its line here when its module
-    exists)."""
+    """A random-weight codec per method (the SD-based ones on the `backbone` folder)."""
     size = 1 if quick else 0
-    sd = {"backbone": {"name": "sd21_base", "path": backbone}, "lpips_pretrained_backbone": False}
+    backbone_cfg = {"name": "sd21_base", "path": backbone}
+    sd = {"backbone": backbone_cfg, "lpips_pretrained_backbone": False}
     return {
         "elic": lambda: ELICModule(lmbda=0.032, **SIZES["elic"][size]),
         "cdc": lambda: CDCModule(prediction="x", **SIZES["cdc"][size]),
         "rdeic": lambda: RDEICModule(**sd, **SIZES["rdeic"][size]),
+        "foundation": lambda: FoundationModule(backbone=backbone_cfg, **SIZES["foundation"][size]),
+        "foundation_naive": lambda: NaiveFoundationModule(
+            backbone=backbone_cfg, **SIZES["foundation_naive"][size]
+        ),
         "corrdiff": lambda: CorrDiffModule(
             elic_random_init=True, perceptual_pretrained=False, **SIZES["corrdiff"][size]
         ),

@@ -114,6 +114,8 @@ TINY_EXPERIMENTS = {
     "cdc": "cdc_x_rho0_b0.0032",
     "rdeic": "rdeic_l2",
     "corrdiff": "corrdiff_r0.1",
+    "foundation": "foundation_sd21",
+    "foundation_naive": "foundation_naive",
 }
 
 

@@ -39,6 +39,13 @@ INVALID_SIDES = {
         struct.pack("<HIee", 2, 0, 0.5, math.nan),
         struct.pack("<HIee", 2, 0, math.inf, 0.5),
     ],
+    "foundation": [  # a (4 × fp16), b (4 × fp16), t u16, decoding passes u16
+        struct.pack("<4e4eHH", 0.0, 1, 1, 1, 0, 0, 0, 0, 10, 0),
+        struct.pack("<4e4eHH", 1, math.nan, 1, 1, 0, 0, 0, 0, 10, 0),
+        struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 1000.0, 0, 10, 0),
+        struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 0, 0, 65535, 0),
+        struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 0, 0, 10, 65535),
+    ],
 }
 
 

@@ -12,6 +12,7 @@ from .relay import (
     respaced_timesteps,
 )
 from .schedules import (
+    continuous_alpha_cumprod,
     cosine_alphas_cumprod,
     ddim_indices,
     linear_alphas_cumprod,
@@ -31,6 +32,7 @@ __all__ = [
     "RELAY_START",
     "StableDiffusionBackbone",
     "alphas_cumprod_from_config",
+    "continuous_alpha_cumprod",
     "cosine_alphas_cumprod",
     "ddim_indices",
     "ddim_sample",

@@ -97,3 +97,20 @@ def strided_ddim_indices(num_train_steps: int, num_steps: int) -> Tensor:
     if len(range(0, n, stride)) != s:
         raise ValueError(f"no stride k gives exactly {s} indices of range(0, {n}, k)")
     return torch.arange(0, n, stride, dtype=torch.long)
+
+
+def continuous_alpha_cumprod(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """ᾱ at fractional training indices `t` ∈ [0, N−1], differentiable in `t` (float64).
+
+    log ᾱ is interpolated linearly between neighbouring entries of the table, i.e. β is held
+    constant within each step, so the value equals the table at integer t and the derivative in
+    t is log(ᾱ_{i+1}/ᾱ_i)·ᾱ(t) ≠ 0 between i and i + 1 (the one-sided slope of the last
+    interval at t = N−1).
+    """
+    # torch has no differentiable interp over a table; lerp of gathered neighbours is that.
+    n = alphas_cumprod.numel()
+    log_table = alphas_cumprod.to(torch.float64).log()
+    position = t.to(torch.float64).clamp(0, n - 1)
+    lower = position.detach().floor().long().clamp(max=n - 2)
+    log_alpha = torch.lerp(log_table[lower], log_table[lower + 1], position - lower)
+    return log_alpha.exp()

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,16 @@ class StableDiffusionBackbone(nn.Module):
         times a sample (drawn with `generator`) of the posterior computed from that same
         activation, 4 × H/8 × W/8.
         """
+        activation, posterior = self._encode(x)
+        z0 = posterior.sample(generator)
+        return self.latent_scale * activation.to(x.dtype), self.latent_scale * z0.to(x.dtype)
+
+    def latent(self, x: Tensor) -> Tensor:
+        """Image in [-1, 1] -> `latent_scale` times the mean of the VAE posterior (4 × H/8 ×
+        W/8, in x's dtype): the deterministic latent a codec transmits."""
+        return self.latent_scale * self._encode(x)[1].mean.to(x.dtype)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, DiagonalGaussianDistribution]:
         encoder = self.vae.encoder
         # diffusers' Encoder.forward, unrolled to expose the activation before conv_out
         h = encoder.conv_in(x.to(self.vae.dtype))
@@ -114,8 +124,19 @@ class StableDiffusionBackbone(nn.Module):
         moments = encoder.conv_out(activation)
         if self.vae.quant_conv is not None:
             moments = self.vae.quant_conv(moments)
-        z0 = DiagonalGaussianDistribution(moments).sample(generator)
-        return self.latent_scale * activation.to(x.dtype), self.latent_scale * z0.to(x.dtype)
+        return activation, DiagonalGaussianDistribution(moments)
+
+    def noise_prediction(self, z_t: Tensor, t: Tensor) -> Tensor:
+        """The UNet's ε̂ for the empty prompt at (possibly fractional) timesteps `t` (B,)."""
+        context = self.prompt_embedding.expand(z_t.shape[0], -1, -1)
+        return self.unet(z_t, t, encoder_hidden_states=context).sample
+
+    def autocast(self, enabled: bool = True) -> AbstractContextManager:
+        """bf16 autocast for the frozen networks on GPU when `enabled`; a no-op on CPU."""
+        device = self.unet.conv_in.weight.device
+        if enabled and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latent -> image in about [-1, 1] (not clamped), differentiable, in z's dtype."""
