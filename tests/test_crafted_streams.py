@@ -42,7 +42,7 @@ INVALID_SIDES = {
     "foundation": [  # a (4 × fp16), b (4 × fp16), t u16, decoding passes u16
         struct.pack("<4e4eHH", 0.0, 1, 1, 1, 0, 0, 0, 0, 10, 0),
         struct.pack("<4e4eHH", 1, math.nan, 1, 1, 0, 0, 0, 0, 10, 0),
-        struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 1000.0, 0, 10, 0),
+        struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 4000.0, 0, 10, 0),
         struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 0, 0, 65535, 0),
         struct.pack("<4e4eHH", 1, 1, 1, 1, 0, 0, 0, 0, 10, 65535),
     ],
@@ -76,7 +76,8 @@ def crafted_streams(
     out = [stream(f"bomb {size}", size=size) for size in BOMBS]
     sizes = [(base - 63, base - 63), (base + 1, 2 * base)]
     out += [stream(f"size {s}", size=s, fail=False) for s in sizes]
-    for count in sorted({0, 1, len(strings) - 1, len(strings) + 1, 2 * len(strings)}):
+    n = len(strings)
+    for count in sorted({0, 1, n - 1, n + 1, 2 * n} - {n}):  # wrong counts only
         out.append(stream(f"{count} strings", strings=(strings * 3)[:count]))
         out.append(stream(f"{count} random strings", strings=[noise(16) for _ in range(count)]))
     out.append(stream("swapped strings", strings=strings[::-1], fail=False))

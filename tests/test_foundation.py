@@ -296,7 +296,7 @@ def test_side_information_travels_in_the_stream(codec, smoke):
         ).to_bytes()
         with pytest.raises(BitstreamError):
             codec.decompress(stream)
-    with pytest.raises(BitstreamError, match="2 strings"):
+    with pytest.raises(BitstreamError, match="expects 2"):
         codec.decompress(
             Bitstream(
                 "foundation", header.fingerprint, 64, 64, header.strings[:1], header.side
@@ -371,8 +371,10 @@ def test_lambda_and_steps_sweep_of_one_checkpoint_is_one_curve(smoke, sample_ima
     ]
     with pytest.warns(UserWarning, match="expected 24"):
         curves = evaluate(compose_config("eval", overrides, tmp_path / "run"))
-    curve = json.loads((tmp_path / "run" / "kodak" / "results.json").read_text())
-    assert curve == curves["kodak"] and len(curve["results"]["bpp"]) == 4
+    document = json.loads((tmp_path / "run" / "kodak" / "results.json").read_text())
+    assert document == curves["kodak"]
+    (curve,) = document["curves"]  # both options swept: one curve, named by the experiment
+    assert curve["name"] == "foundation_sd21" and len(curve["results"]["bpp"]) == 4
     points = sorted(zip(curve["encoding"], curve["decoding"], strict=True), key=str)
     assert points == sorted(
         [({"lmbda": lm}, {"steps": st}) for lm in (1.0, 20.0) for st in (1, 2)], key=str
@@ -383,6 +385,10 @@ def test_lambda_and_steps_sweep_of_one_checkpoint_is_one_curve(smoke, sample_ima
     for label in curve["checkpoints"]:
         point = json.loads((tmp_path / "run" / "kodak" / label / "results.json").read_text())
         assert f"lmbda={int(point['encoding']['lmbda'])}" in label
+    fixed = [*overrides[:3], "encoding={lmbda: [1, 20]}", "decoding={steps: 2}"]
+    (steps_2,) = evaluate(compose_config("eval", fixed, tmp_path / "fixed"))["kodak"]["curves"]
+    assert steps_2["name"] == "foundation_sd21 (steps=2)"  # a fixed option names its curve
+    assert sorted(e["lmbda"] for e in steps_2["encoding"]) == [1.0, 20.0]
     bad = [*overrides[:3], "encoding={lmbda: [-2, 1]}"]
     with pytest.raises(ConfigError, match="lmbda"):
         evaluate(compose_config("eval", bad, tmp_path / "bad"))
