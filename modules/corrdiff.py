@@ -56,7 +56,8 @@ Choices the paper leaves open, each a config value:
   `evaluations` LPIPS-VGG calls per step and keep the best γ evaluated, so neither is worse than
   `init`. γ is rounded to float16 before the encoder continues its trajectory, so encoder and
   decoder follow the same one. Default bounds [0, 1]: x̂₀,c stays a combination of the two
-  estimates (Eq. 19's reading).
+  estimates (Eq. 19's reading). These are the codec's encoding options (the decoder reads only
+  the γ's): `eval.py encoding='{method: bounded, evaluations: [3, 5, 10]}'` sweeps them.
 - The output is the last step's x̂₀,c, combined in [0, 1] as γ·(μ_θ + 1)/2 + (1 − γ)·D(ŷ), so
   that γ = 0 gives D(ŷ) and γ = 1 the uncorrected sampler bit for bit.
 
@@ -181,7 +182,7 @@ class CorrDiffModule(CodecModule):
         self.elic_options = {**ELIC_DEFAULTS, **(elic or {})}
         if elic_ckpt is None and not elic_random_init:
             raise FileNotFoundError(f"model.elic_ckpt is not set: {self._elic_hint()}")
-        self.search = self._checked_search({**SEARCH_DEFAULTS, **(gamma_search or {})})
+        self.encoding = self.checked_encoding({**SEARCH_DEFAULTS, **(gamma_search or {})})
 
         # E, entropy model and D: ELIC's networks (weights from elic_ckpt at setup("fit"))
         networks = ELICModule(lmbda=elic_lmbda, **self.elic_options)
@@ -214,22 +215,33 @@ class CorrDiffModule(CodecModule):
         )
 
     # ------------------------------------------------------------------ options
-    @staticmethod
-    def _checked_search(search: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(search) - set(SEARCH_DEFAULTS))
+    def checked_encoding(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The γ search (`model.gamma_search`, or `encoding=` in eval.py): method, LPIPS-VGG
+        evaluations per step, initial γ, gradient-descent lr and the float16 bounds of γ."""
+        unknown = sorted(set(options) - set(SEARCH_DEFAULTS))
         if unknown:
-            raise ValueError(f"model.gamma_search has {sorted(SEARCH_DEFAULTS)}, not {unknown}")
-        low, high = (float(b) for b in search["bounds"])
-        if search["method"] not in SEARCH_METHODS:
-            raise ValueError(f"model.gamma_search.method must be one of {SEARCH_METHODS}")
-        if not (-65504 < low < high < 65504) or not low <= search["init"] <= high:
-            raise ValueError(
-                "model.gamma_search needs float16 bounds low < high with init inside, got "
-                f"bounds {[low, high]}, init {search['init']}"
+            raise ConfigError(f"the γ search has {sorted(SEARCH_DEFAULTS)}, not {unknown}")
+        try:
+            low, high = (float(b) for b in options["bounds"])
+            init, lr, evaluations = (
+                float(options["init"]),
+                float(options["lr"]),
+                options["evaluations"],
             )
-        if int(search["evaluations"]) < 1 or not search["lr"] > 0:
-            raise ValueError("model.gamma_search needs evaluations >= 1 and lr > 0")
-        return {**search, "bounds": (low, high), "evaluations": int(search["evaluations"])}
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"γ search: bounds [low, high], init and lr are numbers ({exc})"
+            ) from exc
+        if options["method"] not in SEARCH_METHODS:
+            raise ConfigError(f"γ search method must be one of {SEARCH_METHODS}")
+        if not (-65504 < low < high < 65504) or not low <= init <= high:
+            raise ConfigError(
+                "γ search needs float16 bounds low < high with init inside, got "
+                f"bounds {[low, high]}, init {init}"
+            )
+        if not (isinstance(evaluations, int) and evaluations >= 1) or not lr > 0:
+            raise ConfigError("γ search needs an integer evaluations >= 1 and lr > 0")
+        return {**options, "bounds": (low, high), "init": init, "lr": lr}
 
     def _indices(self, steps: int) -> Tensor:
         """Training indices of the S sampling steps, ascending."""
@@ -458,8 +470,8 @@ class CorrDiffModule(CodecModule):
 
     def search_gamma(self, x0: Tensor, mu: Tensor, x_e: Tensor) -> Tensor:
         """γ* = argmin_γ LPIPS-VGG(x₀, γ·μ + (1 − γ)·x_e) per image (all in [−1, 1]) with
-        `gamma_search.evaluations` LPIPS calls; returns the best γ evaluated (float32, (B,))."""
-        search = self.search
+        `encoding["evaluations"]` LPIPS calls; returns the best γ evaluated (float32, (B,))."""
+        search = self.encoding
         low, high = search["bounds"]
         # the search needs autograd even inside no_grad/inference_mode (coding, validation)
         with torch.inference_mode(False), torch.enable_grad():

@@ -94,13 +94,13 @@ def bench_coding(
             mu._sync()
             total += time.perf_counter() - start
             mu_s, search_s = mu_s + mu.seconds, search_s + search.seconds
-        lpips_calls = search.calls * codec.search["evaluations"]
+        lpips_calls = search.calls * codec.encoding["evaluations"]
         return total / repeats, mu_s / repeats, search_s / repeats, mu.calls, lpips_calls, result
 
     header = ("method", "", "total s", "ELIC+rest s", "μ_θ s", "γ search s", "μ_θ", "LPIPS")
     print("{:>9} {:>6} {:>8} {:>11} {:>7} {:>10} {:>5} {:>6}".format(*header))
     for method in methods:
-        codec.search = {**codec.search, "method": method}
+        codec.set_encoding(method=method)
         if device.type == "cuda":
             codec.decompress(codec.compress(x))  # warm-up: kernels, cuDNN
         encode = measure(partial(codec.compress, x))
@@ -156,7 +156,7 @@ def compare_searches(codec: CorrDiffModule, device: torch.device, budgets: list[
     for evaluations in budgets:
         cells = []
         for method in ("gradient", "bounded"):
-            codec.search = {**codec.search, "method": method, "evaluations": evaluations}
+            codec.set_encoding(method=method, evaluations=evaluations)
             values, start = [], time.perf_counter()
             for x0, mu, x_e in problems:
                 gamma = codec.search_gamma(x0, mu, x_e).half().float()
@@ -197,7 +197,7 @@ def main() -> None:
         codec = codec.to(device).eval()
         codec.update(force=True)
     if args.evaluations:
-        codec.search = {**codec.search, "evaluations": args.evaluations}
+        codec.set_encoding(evaluations=args.evaluations)
     counts = codec.parameter_counts()
     print(
         f"device={device} threads={torch.get_num_threads()} parameters: "

@@ -320,12 +320,12 @@ def _search_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def test_gamma_search_lowers_lpips_vgg_against_pure_diffusion(codec, method):
     """Untrained-but-fixed LPIPS-VGG (seeded), a sample photo, both searches."""
     x0, mu, x_e = _search_problem()
-    search = codec.search
-    codec.search = {**search, "method": method, "evaluations": 6, "init": 1.0, "lr": 2.0}
+    search = codec.encoding
+    codec.set_encoding(method=method, evaluations=6, init=1.0, lr=2.0)
     try:
         gamma = codec.search_gamma(x0, mu, x_e)
     finally:
-        codec.search = search
+        codec.set_encoding(**search)
     with torch.no_grad():
         at_one = codec._lpips_vgg(mu, x0)
         at_gamma = codec._lpips_vgg(gamma * mu + (1 - gamma) * x_e, x0)
@@ -344,9 +344,9 @@ def test_gamma_search_finds_the_analytic_minimum_of_a_quadratic(codec, monkeypat
     scale = diff.pow(2).mean(1)  # curvature/2 of the quadratic: lr = 1/(2·scale) is exact
     monkeypatch.setattr(
         codec,
-        "search",
+        "encoding",
         {
-            **codec.search,
+            **codec.encoding,
             "method": method,
             "evaluations": 30,
             "init": 1.0,
@@ -400,7 +400,7 @@ def test_round_trip_is_the_encoders_own_reconstruction(codec):
     other = Bitstream.from_bytes(codec.compress(x.flip(-1)))
     assert struct.unpack_from("<HI", other.side)[1] != seed
     gammas = np.frombuffer(stream.side, dtype="<f2", offset=6)
-    bounds = codec.search["bounds"]
+    bounds = codec.encoding["bounds"]
     assert ((bounds[0] <= gammas) & (gammas <= bounds[1])).all()  # one γ per step
 
 
@@ -422,6 +422,35 @@ def test_modes_change_only_the_decoder(codec):
         codec.set_decoding(mode="oracle")
     with pytest.raises(ConfigError, match="decoding steps"):
         codec.set_decoding(steps=999)
+
+
+def test_the_gamma_search_is_an_encoding_option(codec):
+    """eval.py's `encoding=` sweeps the search; the stream alone decodes, whatever the decoder's
+    own search settings are."""
+    x = photo()
+    search = dict(codec.encoding)
+    try:
+        codec.set_encoding(evaluations=1)  # γ stays at init = 0.5: one evaluation, no step
+        data = codec.compress(x)
+        gammas = np.frombuffer(Bitstream.from_bytes(data).side, dtype="<f2", offset=6)
+        assert (gammas == 0.5).all()
+        codec.set_encoding(**search)
+        assert codec.compress(x) != data  # the default search moves γ
+        with torch.no_grad():
+            assert torch.equal(codec.decompress(data), codec.decompress(data))
+        for bad, message in [
+            ({"budget": 3}, "encoding options"),
+            ({"method": "newton"}, "method must be one of"),
+            ({"evaluations": 0}, "evaluations >= 1"),
+            ({"evaluations": 2.5}, "evaluations >= 1"),
+            ({"init": 2.0}, "init inside"),
+            ({"bounds": "wide"}, "are numbers"),
+        ]:
+            with pytest.raises(ConfigError, match=message):
+                codec.set_encoding(**bad)
+        assert codec.encoding == search  # a refused option changes nothing
+    finally:
+        codec.set_encoding(**search)
 
 
 def _with_side(stream: Bitstream, side: bytes) -> bytes:
