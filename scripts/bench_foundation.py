@@ -24,6 +24,7 @@ import torch
 from modules.cdc import CDCModule
 from modules.diffusion import save_random_sd
 from modules.foundation import FoundationModule
+from scripts.bench_cdc import SIZES as CDC_SIZES
 from scripts.bench_rdeic import timed
 
 #: P_φ and entropy-model sizes per backbone size (the tiny one is the smoke preset's)
@@ -95,7 +96,8 @@ def main() -> None:
         print(f"{label:>26} {passes:>6} {seconds:>8.3f} {encode + seconds:>8.3f}")
 
     torch.manual_seed(0)
-    cdc = CDCModule(prediction="x", decode_steps=args.cdc_steps).to(device).eval()
+    cdc_size = CDC_SIZES["full" if args.size == "sd21" else "tiny"]  # tiny with the tiny SD
+    cdc = CDCModule(prediction="x", decode_steps=args.cdc_steps, **cdc_size).to(device).eval()
     cdc.update(force=True)
     with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
         cdc_encode = timed(lambda: cdc.compress(x), device, args.repeats)
