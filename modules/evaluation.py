@@ -229,6 +229,7 @@ def _differences(new: Any, old: Any, key: str = "") -> list[str]:
 def _check_meta(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
     """Refuse to mix results of another checkpoint or other settings into `out_dir`."""
     path = out_dir / "meta.json"
+    meta = json.loads(json.dumps(meta))  # as stored: a tuple option compares as the list it reads
     if path.is_file() and resume:
         changed = _differences(meta, json.loads(path.read_text()))
         if changed:

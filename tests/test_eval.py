@@ -236,6 +236,18 @@ def test_resume_key_refuses_any_setting_that_changes_a_number(tmp_path, smoke_ru
         assert named in str(error.value) and "\n" not in str(error.value), override
 
 
+def test_resume_key_of_tuple_options_matches_what_was_stored(tmp_path):
+    """A coding option held as a tuple (CorrDiff's γ bounds) is stored as a JSON list; the
+    same settings must resume, not be refused as different."""
+    from modules.evaluation import _check_meta
+
+    meta = {"encoding": {"bounds": (0.0, 1.0)}, "decoding": {"steps": 8}}
+    _check_meta(tmp_path, meta, resume=True)
+    _check_meta(tmp_path, meta, resume=True)  # the re-run: same settings
+    with pytest.raises(ConfigError, match=r"encoding.bounds: \[0.0, 1.0\] -> \[0.0, 0.5\]"):
+        _check_meta(tmp_path, {**meta, "encoding": {"bounds": (0.0, 0.5)}}, resume=True)
+
+
 def test_every_point_evaluated_into_a_folder_stays_in_its_curves(tmp_path, smoke_run, capsys):
     from eval import evaluate
 
